@@ -1,0 +1,234 @@
+//! The run event catalog (DESIGN §3) and the public event envelope of seed 001:
+//! `{seq, type, timestamp, payload: {redacted, value}}`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use crate::time::{Millis, to_rfc3339};
+
+/// Every event type a run can emit. The wire name is [`EventType::as_str`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    RunCreated,
+    RunQueued,
+    WorkerStarted,
+    StepStarted,
+    StepProgress,
+    StepDone,
+    ToolStarted,
+    ToolFinished,
+    AwaitingInput,
+    SignalReceived,
+    Resumed,
+    WorkerRecovered,
+    WorkerSucceeded,
+    WorkerFailed,
+    Cancelled,
+    LimitExceeded,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 16] = [
+        EventType::RunCreated,
+        EventType::RunQueued,
+        EventType::WorkerStarted,
+        EventType::StepStarted,
+        EventType::StepProgress,
+        EventType::StepDone,
+        EventType::ToolStarted,
+        EventType::ToolFinished,
+        EventType::AwaitingInput,
+        EventType::SignalReceived,
+        EventType::Resumed,
+        EventType::WorkerRecovered,
+        EventType::WorkerSucceeded,
+        EventType::WorkerFailed,
+        EventType::Cancelled,
+        EventType::LimitExceeded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::RunCreated => "run.created",
+            EventType::RunQueued => "run.queued",
+            EventType::WorkerStarted => "run.worker.started",
+            EventType::StepStarted => "step.started",
+            EventType::StepProgress => "step.progress",
+            EventType::StepDone => "step.done",
+            EventType::ToolStarted => "tool.started",
+            EventType::ToolFinished => "tool.finished",
+            EventType::AwaitingInput => "run.awaiting_input",
+            EventType::SignalReceived => "run.signal_received",
+            EventType::Resumed => "run.resumed",
+            EventType::WorkerRecovered => "run.worker.recovered",
+            EventType::WorkerSucceeded => "run.worker.succeeded",
+            EventType::WorkerFailed => "run.worker.failed",
+            EventType::Cancelled => "run.cancelled",
+            EventType::LimitExceeded => "run.limit_exceeded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// The four events after which a run's stream has nothing more to say.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            EventType::WorkerSucceeded
+                | EventType::WorkerFailed
+                | EventType::Cancelled
+                | EventType::LimitExceeded
+        )
+    }
+
+    /// Whether a `run_updated` snapshot should follow this event: status and
+    /// step changes do, token deltas do not (seed 000).
+    pub fn changes_snapshot(self) -> bool {
+        !matches!(self, EventType::StepProgress)
+    }
+}
+
+/// An event about to be appended; the store gives it its seq and timestamp.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub kind: EventType,
+    pub value: Value,
+}
+
+impl NewEvent {
+    pub fn new(kind: EventType, value: Value) -> Self {
+        NewEvent { kind, value }
+    }
+}
+
+/// A durable event. `seq` is gapless per run from 1.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub run_id: String,
+    pub seq: i64,
+    pub kind: EventType,
+    pub created_at: Millis,
+    pub value: Value,
+}
+
+/// The public envelope (seed 001). `redacted` is true when the caller may not
+/// see inputs and `value` was stripped of them.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PublicEvent {
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub timestamp: String,
+    pub payload: EventPayload,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventPayload {
+    pub redacted: bool,
+    #[schema(value_type = Object)]
+    pub value: Value,
+}
+
+impl Event {
+    pub fn to_public(&self) -> PublicEvent {
+        PublicEvent {
+            seq: self.seq,
+            kind: self.kind.as_str().to_owned(),
+            timestamp: to_rfc3339(self.created_at),
+            payload: EventPayload {
+                redacted: false,
+                value: self.value.clone(),
+            },
+        }
+    }
+}
+
+/// Constructors for the payloads the store and engine emit, so every producer
+/// spells a given event the same way.
+pub mod payload {
+    use super::*;
+
+    /// Whether a step was a model call or a tool call.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum StepKind {
+        Model,
+        Tool,
+    }
+
+    /// How a step ended (seed 001: never a generic "failed").
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum StepOutcome {
+        Succeeded,
+        /// Drop this attempt's partial deltas; the step runs again.
+        RetryStep,
+        FailRun,
+    }
+
+    pub fn step_started(step_id: &str, attempt: u32, kind: StepKind) -> NewEvent {
+        NewEvent::new(
+            EventType::StepStarted,
+            json!({"step_id": step_id, "attempt": attempt, "kind": kind}),
+        )
+    }
+
+    pub fn content_delta(step_id: &str, attempt: u32, delta: &str) -> NewEvent {
+        NewEvent::new(
+            EventType::StepProgress,
+            json!({"step_id": step_id, "attempt": attempt, "kind": "content_delta", "content_delta": delta}),
+        )
+    }
+
+    pub fn step_done(
+        step_id: &str,
+        attempt: u32,
+        outcome: StepOutcome,
+        reason_code: Option<&str>,
+        extra: Value,
+    ) -> NewEvent {
+        let mut v = json!({"step_id": step_id, "attempt": attempt, "outcome": outcome});
+        if let Some(code) = reason_code {
+            v["reason_code"] = json!(code);
+        }
+        if let (Some(obj), Value::Object(extra)) = (v.as_object_mut(), extra) {
+            obj.extend(extra);
+        }
+        NewEvent::new(EventType::StepDone, v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(
+            EventType::ALL.iter().filter(|t| t.is_terminal()).count(),
+            4
+        );
+    }
+
+    #[test]
+    fn public_envelope_shape() {
+        let e = Event {
+            run_id: "run_x".into(),
+            seq: 3,
+            kind: EventType::StepProgress,
+            created_at: 0,
+            value: json!({"kind": "content_delta"}),
+        };
+        let v = serde_json::to_value(e.to_public()).unwrap();
+        assert_eq!(v["type"], "step.progress");
+        assert_eq!(v["seq"], 3);
+        assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["payload"]["redacted"], false);
+    }
+}

@@ -1,0 +1,147 @@
+//! In-process fan-out of committed events and wake-ups.
+//!
+//! The store publishes here only after a commit, so anything a reader receives
+//! is already durable. Readers never depend on the hub for completeness: a
+//! lagging receiver, or a [`HubMessage::Upto`] from another node, sends them
+//! back to the store by cursor.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use agentd_core::Event;
+use tokio::sync::{Notify, broadcast};
+
+/// Batches buffered per run before a slow reader is told it lagged.
+const RUN_CHANNEL_CAPACITY: usize = 64;
+
+#[derive(Clone, Debug)]
+pub enum HubMessage {
+    /// Newly committed events of one run, in seq order.
+    Events(Arc<[Event]>),
+    /// Events up to this seq are committed (sent where only the fact is known,
+    /// e.g. from another node); read them from the store.
+    Upto(i64),
+}
+
+/// A cheap-to-clone handle; all clones share one hub.
+#[derive(Clone, Default)]
+pub struct EventHub {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Only runs someone is watching have an entry.
+    runs: Mutex<HashMap<String, broadcast::Sender<HubMessage>>>,
+    /// Workers wait on this for newly claimable runs.
+    work: Notify,
+    /// Run ids with a new control row (cancel, signal) for their lease holder.
+    controls: Mutex<Option<broadcast::Sender<String>>>,
+}
+
+impl EventHub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Follow one run. Subscribe before reading the store, then skip what the
+    /// read already returned: nothing committed in between is missed.
+    pub fn subscribe(&self, run_id: &str) -> RunSubscription {
+        let mut runs = self.inner.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let rx = runs
+            .entry(run_id.to_owned())
+            .or_insert_with(|| broadcast::channel(RUN_CHANNEL_CAPACITY).0)
+            .subscribe();
+        RunSubscription {
+            hub: self.clone(),
+            run_id: run_id.to_owned(),
+            rx: Some(rx),
+        }
+    }
+
+    pub fn publish(&self, run_id: &str, message: HubMessage) {
+        let runs = self.inner.runs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = runs.get(run_id) {
+            let _ = tx.send(message);
+        }
+    }
+
+    /// Number of runs with at least one watcher (for metrics and tests).
+    pub fn watched_runs(&self) -> usize {
+        self.inner.runs.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// Tell workers there may be a run to claim.
+    pub fn wake_workers(&self) {
+        self.inner.work.notify_waiters();
+        self.inner.work.notify_one();
+    }
+
+    pub async fn work_available(&self) {
+        self.inner.work.notified().await
+    }
+
+    pub fn subscribe_controls(&self) -> broadcast::Receiver<String> {
+        let mut guard = self.inner.controls.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .get_or_insert_with(|| broadcast::channel(1024).0)
+            .subscribe()
+    }
+
+    pub fn publish_control(&self, run_id: &str) {
+        let guard = self.inner.controls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = guard.as_ref() {
+            let _ = tx.send(run_id.to_owned());
+        }
+    }
+}
+
+/// A reader's subscription to one run; dropping the last one frees the entry.
+pub struct RunSubscription {
+    hub: EventHub,
+    run_id: String,
+    rx: Option<broadcast::Receiver<HubMessage>>,
+}
+
+impl RunSubscription {
+    /// The next message; `Err(Lagged)` means messages were dropped and the
+    /// reader must catch up from the store.
+    pub async fn recv(&mut self) -> Result<HubMessage, broadcast::error::RecvError> {
+        match self.rx.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for RunSubscription {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut runs = self.hub.inner.runs.lock().unwrap_or_else(|e| e.into_inner());
+        if runs
+            .get(&self.run_id)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            runs.remove(&self.run_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn entries_are_freed_with_their_last_subscriber() {
+        let hub = EventHub::new();
+        let mut a = hub.subscribe("r1");
+        let b = hub.subscribe("r1");
+        assert_eq!(hub.watched_runs(), 1);
+        hub.publish("r1", HubMessage::Upto(3));
+        assert!(matches!(a.recv().await, Ok(HubMessage::Upto(3))));
+        drop(a);
+        assert_eq!(hub.watched_runs(), 1);
+        drop(b);
+        assert_eq!(hub.watched_runs(), 0);
+    }
+}

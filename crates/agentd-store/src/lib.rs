@@ -1,0 +1,95 @@
+//! agentd's durable store: the [`Store`] trait the engine and server talk to,
+//! and its embedded SQLite implementation.
+//!
+//! Invariants every implementation keeps (DESIGN §4):
+//! - every method is scoped by tenant, except the worker-side ones, which are
+//!   scoped by a [`Lease`] (the run carries its tenant);
+//! - a run's state change and the events describing it commit together;
+//! - event `seq` is gapless per run from 1, and an event is published to
+//!   readers ([`EventHub`]) only after it is durable;
+//! - every write on a claimed run is conditional on its lease epoch, so a
+//!   worker that lost its lease writes nothing ([`StoreError::LeaseLost`]).
+
+mod error;
+mod hub;
+pub mod sqlite;
+mod types;
+
+pub use error::StoreError;
+pub use hub::{EventHub, HubMessage, RunSubscription};
+pub use types::*;
+
+use agentd_core::{Event, Message, NewEvent, Run, Session, TenantId};
+use async_trait::async_trait;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Where committed events and wake-ups are announced.
+    fn hub(&self) -> &EventHub;
+
+    /// Cheap liveness check for `/health/ready`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    // --- sessions -------------------------------------------------------
+
+    /// Fails with [`StoreError::SessionExists`] when the id is taken in this tenant.
+    async fn create_session(&self, new: NewSession) -> Result<Session, StoreError>;
+    async fn get_session(&self, tenant: &TenantId, id: &str)
+    -> Result<Option<Session>, StoreError>;
+    async fn list_sessions(
+        &self,
+        tenant: &TenantId,
+        page: PageRequest,
+    ) -> Result<Page<Session>, StoreError>;
+    /// Cancels the session's unfinished runs, then deletes it and its history.
+    /// `false` when there was no such session.
+    async fn delete_session(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError>;
+    async fn session_messages(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    // --- runs, client side ------------------------------------------------
+
+    /// Writes the run, its `run.created` / `run.queued` events, a new session
+    /// if asked, and the idempotency record, in one transaction.
+    async fn create_run(&self, new: NewRun) -> Result<CreateRunOutcome, StoreError>;
+    async fn get_run(&self, tenant: &TenantId, id: &str) -> Result<Option<Run>, StoreError>;
+    async fn list_runs(
+        &self,
+        tenant: &TenantId,
+        filter: RunFilter,
+        page: PageRequest,
+    ) -> Result<Page<Run>, StoreError>;
+    /// Events with `seq > after_seq`, in order, at most `limit`.
+    async fn events_after(
+        &self,
+        tenant: &TenantId,
+        run_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError>;
+    /// Cancels a queued or paused run at once; asks the lease holder of a
+    /// running one through a control row. A finished run is returned unchanged.
+    async fn cancel_run(&self, tenant: &TenantId, id: &str) -> Result<Option<Run>, StoreError>;
+
+    // --- runs, worker side ------------------------------------------------
+
+    /// Claims up to `max` runs: queued ones first in their session, and
+    /// running ones whose lease lapsed (recovery). Bumps each lease epoch.
+    async fn claim_runs(&self, claim: ClaimRequest) -> Result<Vec<ClaimedRun>, StoreError>;
+    /// Appends events, and optionally changes the run's state, if `lease` is
+    /// still current. Returns the durable events.
+    async fn append(
+        &self,
+        lease: &Lease,
+        events: Vec<NewEvent>,
+        update: Option<RunUpdate>,
+    ) -> Result<Vec<Event>, StoreError>;
+    /// Extends every lease `owner` holds; returns which it still holds and the
+    /// control rows pending for them.
+    async fn heartbeat(&self, owner: &str, lease_ms: i64) -> Result<Heartbeat, StoreError>;
+    /// Gives up every lease `owner` holds so another worker can take them now.
+    async fn release_leases(&self, owner: &str) -> Result<(), StoreError>;
+}

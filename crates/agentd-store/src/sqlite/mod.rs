@@ -1,0 +1,250 @@
+//! The embedded store: `<data-dir>/agentd.db` in WAL mode.
+//!
+//! One process owns a data dir (an exclusive lock on `agentd.lock`), so at open
+//! every lease in the database belongs to a dead process and is expired at
+//! once: runs in flight at a crash are recovered as soon as a worker polls.
+//! All writes go through one group-committing [`writer::Writer`]; reads use a
+//! small pool of read connections, which WAL lets run beside the writer.
+
+mod ops;
+mod rows;
+mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use agentd_core::{Event, Message, NewEvent, Run, Session, TenantId};
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, QueryBuilder, Sqlite, SqlitePool};
+
+use self::rows::{EventRow, MessageRow, RUN_COLUMNS, RunRow, SessionRow};
+use self::writer::Writer;
+use crate::{
+    ClaimRequest, ClaimedRun, CreateRunOutcome, EventHub, Heartbeat, Lease, NewRun, NewSession,
+    Page, PageRequest, RunFilter, RunUpdate, Store, StoreError,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+#[derive(Clone, Debug)]
+pub struct SqliteConfig {
+    pub data_dir: PathBuf,
+    /// `synchronous=FULL`: survive power loss, not only a process crash.
+    pub fsync: bool,
+}
+
+pub struct SqliteStore {
+    reads: SqlitePool,
+    writer: Writer,
+    hub: EventHub,
+    /// Held for the store's life: one process per data dir.
+    _lock: File,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot use data dir {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error("data dir {0} is in use by another agentd process")]
+    Locked(PathBuf),
+    #[error("cannot open database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot migrate database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl SqliteStore {
+    pub async fn open(config: &SqliteConfig) -> Result<SqliteStore, OpenError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|e| OpenError::DataDir(dir.clone(), e))?;
+        let lock = File::create(dir.join("agentd.lock"))
+            .map_err(|e| OpenError::DataDir(dir.clone(), e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(dir.clone())),
+            Err(std::fs::TryLockError::Error(e)) => return Err(OpenError::DataDir(dir.clone(), e)),
+        }
+
+        let options = connect_options(&dir.join("agentd.db"), config.fsync)?;
+        let mut conn = options.connect().await?;
+        MIGRATOR.run(&mut conn).await?;
+        // Whoever held these leases died with the previous process.
+        sqlx::query("UPDATE runs SET lease_owner = NULL, lease_expires_at = 0 WHERE status = 'running'")
+            .execute(&mut conn)
+            .await?;
+
+        let reads = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(options.read_only(true))
+            .await?;
+        let hub = EventHub::new();
+        Ok(SqliteStore {
+            reads,
+            writer: Writer::spawn(conn, hub.clone()),
+            hub,
+            _lock: lock,
+        })
+    }
+}
+
+fn connect_options(path: &Path, fsync: bool) -> Result<SqliteConnectOptions, sqlx::Error> {
+    Ok(SqliteConnectOptions::from_str("sqlite://")?
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(if fsync { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(false)
+        .pragma("cache_size", "-16000")
+        .disable_statement_logging())
+}
+
+/// `created_at DESC, id DESC`, continuing after `cursor`.
+fn push_page(qb: &mut QueryBuilder<'_, Sqlite>, page: &PageRequest) {
+    if let Some(after) = &page.after {
+        qb.push(" AND (created_at < ")
+            .push_bind(after.created_at)
+            .push(" OR (created_at = ")
+            .push_bind(after.created_at)
+            .push(" AND id < ")
+            .push_bind(after.id.clone())
+            .push("))");
+    }
+    qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(page.limit as i64 + 1);
+}
+
+fn into_page<T>(mut items: Vec<T>, limit: u32, key: impl Fn(&T) -> crate::Cursor) -> Page<T> {
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next = if more { items.last().map(key) } else { None };
+    Page { items, next }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn hub(&self) -> &EventHub {
+        &self.hub
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reads).await?;
+        Ok(())
+    }
+
+    async fn create_session(&self, new: NewSession) -> Result<Session, StoreError> {
+        self.writer.submit(ops::create_session, new).await?
+    }
+
+    async fn get_session(&self, tenant: &TenantId, id: &str) -> Result<Option<Session>, StoreError> {
+        let row: Option<SessionRow> = sqlx::query_as(
+            "SELECT tenant_id, id, agent, metadata, created_at, updated_at FROM sessions \
+             WHERE tenant_id = ? AND id = ?",
+        )
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(&self.reads)
+        .await?;
+        row.map(Session::try_from).transpose()
+    }
+
+    async fn list_sessions(&self, tenant: &TenantId, page: PageRequest) -> Result<Page<Session>, StoreError> {
+        let mut qb = QueryBuilder::new(
+            "SELECT tenant_id, id, agent, metadata, created_at, updated_at FROM sessions WHERE tenant_id = ",
+        );
+        qb.push_bind(tenant.as_str());
+        push_page(&mut qb, &page);
+        let rows: Vec<SessionRow> = qb.build_query_as().fetch_all(&self.reads).await?;
+        let items = rows.into_iter().map(Session::try_from).collect::<Result<Vec<_>, _>>()?;
+        Ok(into_page(items, page.limit, |s| crate::Cursor { created_at: s.created_at, id: s.id.clone() }))
+    }
+
+    async fn delete_session(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
+        self.writer.submit(ops::delete_session, (tenant.clone(), id.to_owned())).await
+    }
+
+    async fn session_messages(&self, tenant: &TenantId, id: &str) -> Result<Vec<Message>, StoreError> {
+        let rows: Vec<MessageRow> = sqlx::query_as(
+            "SELECT idx, run_id, role, content, created_at FROM messages \
+             WHERE tenant_id = ? AND session_id = ? ORDER BY idx",
+        )
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_all(&self.reads)
+        .await?;
+        Ok(rows.into_iter().map(Message::from).collect())
+    }
+
+    async fn create_run(&self, new: NewRun) -> Result<CreateRunOutcome, StoreError> {
+        self.writer.submit(ops::create_run, new).await?
+    }
+
+    async fn get_run(&self, tenant: &TenantId, id: &str) -> Result<Option<Run>, StoreError> {
+        let row: Option<RunRow> =
+            sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = ? AND id = ?"))
+                .bind(tenant.as_str())
+                .bind(id)
+                .fetch_optional(&self.reads)
+                .await?;
+        row.map(Run::try_from).transpose()
+    }
+
+    async fn list_runs(&self, tenant: &TenantId, filter: RunFilter, page: PageRequest) -> Result<Page<Run>, StoreError> {
+        let mut qb = QueryBuilder::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = "));
+        qb.push_bind(tenant.as_str());
+        if let Some(status) = filter.status {
+            qb.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(session) = filter.session_id {
+            qb.push(" AND session_id = ").push_bind(session);
+        }
+        if let Some(agent) = filter.agent {
+            qb.push(" AND agent = ").push_bind(agent);
+        }
+        if let Some(after) = filter.created_after {
+            qb.push(" AND created_at > ").push_bind(after);
+        }
+        push_page(&mut qb, &page);
+        let rows: Vec<RunRow> = qb.build_query_as().fetch_all(&self.reads).await?;
+        let items = rows.into_iter().map(Run::try_from).collect::<Result<Vec<_>, _>>()?;
+        Ok(into_page(items, page.limit, |r| crate::Cursor { created_at: r.created_at, id: r.id.clone() }))
+    }
+
+    async fn events_after(&self, tenant: &TenantId, run_id: &str, after_seq: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT run_id, seq, type, payload, created_at FROM run_events \
+             WHERE run_id = ? AND tenant_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(run_id)
+        .bind(tenant.as_str())
+        .bind(after_seq)
+        .bind(limit as i64)
+        .fetch_all(&self.reads)
+        .await?;
+        rows.into_iter().map(Event::try_from).collect()
+    }
+
+    async fn cancel_run(&self, tenant: &TenantId, id: &str) -> Result<Option<Run>, StoreError> {
+        self.writer.submit(ops::cancel_run, (tenant.clone(), id.to_owned())).await
+    }
+
+    async fn claim_runs(&self, claim: ClaimRequest) -> Result<Vec<ClaimedRun>, StoreError> {
+        self.writer.submit(ops::claim_runs, claim).await
+    }
+
+    async fn append(&self, lease: &Lease, events: Vec<NewEvent>, update: Option<RunUpdate>) -> Result<Vec<Event>, StoreError> {
+        self.writer.submit(ops::append, (lease.clone(), events, update)).await?
+    }
+
+    async fn heartbeat(&self, owner: &str, lease_ms: i64) -> Result<Heartbeat, StoreError> {
+        self.writer.submit(ops::heartbeat, (owner.to_owned(), lease_ms)).await
+    }
+
+    async fn release_leases(&self, owner: &str) -> Result<(), StoreError> {
+        self.writer.submit(ops::release_leases, owner.to_owned()).await
+    }
+}

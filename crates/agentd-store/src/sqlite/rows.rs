@@ -1,0 +1,138 @@
+//! Row shapes and their conversion into domain types.
+
+use agentd_core::time::to_rfc3339;
+use agentd_core::{Event, EventType, Message, Run, RunStatus, Session, TenantId};
+
+use crate::StoreError;
+
+pub(crate) const RUN_COLUMNS: &str = "id, tenant_id, session_id, agent, status, input, \
+    user_message, metadata, source, agent_config, output, usage, reason_code, error, \
+    last_seq, lease_epoch, request_id, created_at, updated_at, started_at, finished_at";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct RunRow {
+    id: String,
+    tenant_id: String,
+    session_id: String,
+    agent: String,
+    status: String,
+    input: String,
+    user_message: String,
+    metadata: String,
+    source: String,
+    agent_config: String,
+    output: Option<String>,
+    usage: String,
+    reason_code: Option<String>,
+    error: Option<String>,
+    last_seq: i64,
+    lease_epoch: i64,
+    request_id: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+fn tenant(s: &str) -> Result<TenantId, StoreError> {
+    TenantId::parse(s).ok_or_else(|| StoreError::Corrupt(format!("bad tenant id {s:?}")))
+}
+
+impl TryFrom<RunRow> for Run {
+    type Error = StoreError;
+    fn try_from(r: RunRow) -> Result<Run, StoreError> {
+        Ok(Run {
+            tenant_id: tenant(&r.tenant_id)?,
+            status: RunStatus::parse(&r.status)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad run status {:?}", r.status)))?,
+            input: serde_json::from_str(&r.input)?,
+            metadata: serde_json::from_str(&r.metadata)?,
+            source: serde_json::from_str(&r.source)?,
+            agent_config: serde_json::from_str(&r.agent_config)?,
+            output: r.output.as_deref().map(serde_json::from_str).transpose()?,
+            usage: serde_json::from_str(&r.usage)?,
+            id: r.id,
+            session_id: r.session_id,
+            agent: r.agent,
+            user_message: r.user_message,
+            reason_code: r.reason_code,
+            error: r.error,
+            last_seq: r.last_seq,
+            lease_epoch: r.lease_epoch,
+            request_id: r.request_id,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct SessionRow {
+    tenant_id: String,
+    id: String,
+    agent: String,
+    metadata: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<SessionRow> for Session {
+    type Error = StoreError;
+    fn try_from(r: SessionRow) -> Result<Session, StoreError> {
+        Ok(Session {
+            tenant_id: tenant(&r.tenant_id)?,
+            metadata: serde_json::from_str(&r.metadata)?,
+            id: r.id,
+            agent: r.agent,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventRow {
+    run_id: String,
+    seq: i64,
+    #[sqlx(rename = "type")]
+    kind: String,
+    payload: String,
+    created_at: i64,
+}
+
+impl TryFrom<EventRow> for Event {
+    type Error = StoreError;
+    fn try_from(r: EventRow) -> Result<Event, StoreError> {
+        Ok(Event {
+            kind: EventType::parse(&r.kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad event type {:?}", r.kind)))?,
+            value: serde_json::from_str(&r.payload)?,
+            run_id: r.run_id,
+            seq: r.seq,
+            created_at: r.created_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct MessageRow {
+    idx: i64,
+    run_id: String,
+    role: String,
+    content: String,
+    created_at: i64,
+}
+
+impl From<MessageRow> for Message {
+    fn from(r: MessageRow) -> Message {
+        Message {
+            index: r.idx,
+            role: r.role,
+            content: r.content,
+            run_id: r.run_id,
+            created_at: to_rfc3339(r.created_at),
+        }
+    }
+}
