@@ -210,10 +210,7 @@ mod tests {
         for t in EventType::ALL {
             assert_eq!(EventType::parse(t.as_str()), Some(t));
         }
-        assert_eq!(
-            EventType::ALL.iter().filter(|t| t.is_terminal()).count(),
-            4
-        );
+        assert_eq!(EventType::ALL.iter().filter(|t| t.is_terminal()).count(), 4);
     }
 
     #[test]

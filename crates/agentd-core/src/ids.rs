@@ -46,9 +46,7 @@ static GENERATOR: Mutex<Option<ulid::Generator>> = Mutex::new(None);
 pub fn new_id(prefix: &str) -> String {
     let mut guard = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
     let generator = guard.get_or_insert_with(ulid::Generator::new);
-    let ulid = generator
-        .generate()
-        .unwrap_or_else(|_| ulid::Ulid::new());
+    let ulid = generator.generate().unwrap_or_else(|_| ulid::Ulid::new());
     format!("{prefix}_{}", ulid.to_string().to_ascii_lowercase())
 }
 

@@ -194,7 +194,15 @@ mod tests {
     fn terminal_states_are_final() {
         use RunTransition::*;
         for s in ALL.into_iter().filter(|s| s.is_terminal()) {
-            for t in [Claim, AwaitInput, Resume, Succeed, Fail, Cancel, ExceedLimit] {
+            for t in [
+                Claim,
+                AwaitInput,
+                Resume,
+                Succeed,
+                Fail,
+                Cancel,
+                ExceedLimit,
+            ] {
                 assert!(s.apply(t).is_err(), "{s:?} accepted {t:?}");
             }
         }
@@ -208,7 +216,10 @@ mod tests {
         assert_eq!(s, RunStatus::AwaitingInput);
         let s = s.apply(Resume).unwrap();
         assert_eq!(s.apply(Succeed).unwrap(), RunStatus::Succeeded);
-        assert_eq!(RunStatus::Queued.apply(Cancel).unwrap(), RunStatus::Cancelled);
+        assert_eq!(
+            RunStatus::Queued.apply(Cancel).unwrap(),
+            RunStatus::Cancelled
+        );
         assert!(RunStatus::Queued.apply(Succeed).is_err());
     }
 

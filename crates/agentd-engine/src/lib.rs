@@ -1,0 +1,14 @@
+//! agentd's engine: workers that claim queued runs under fenced leases and
+//! drive each through the agent loop against its model.
+//!
+//! Boundaries: the engine talks to the world through the [`agentd_store::Store`]
+//! trait (durable state, events, wake-ups) and to models over HTTP. It never
+//! serves clients; the server only creates runs and reads what the engine wrote.
+
+mod agent_loop;
+pub mod agents;
+pub mod models;
+mod worker;
+
+pub use agents::{AgentCatalog, AgentSnapshot, AgentSpec, ModelSpec, Provider};
+pub use worker::{Engine, EngineConfig};

@@ -77,19 +77,29 @@ impl EventHub {
         self.inner.work.notify_one();
     }
 
-    pub async fn work_available(&self) {
-        self.inner.work.notified().await
+    /// Resolves on the next [`EventHub::wake_workers`]. Call `enable()` on the
+    /// pinned future before looking for work so a wake-up in between is kept.
+    pub fn work_available(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.work.notified()
     }
 
     pub fn subscribe_controls(&self) -> broadcast::Receiver<String> {
-        let mut guard = self.inner.controls.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self
+            .inner
+            .controls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         guard
             .get_or_insert_with(|| broadcast::channel(1024).0)
             .subscribe()
     }
 
     pub fn publish_control(&self, run_id: &str) {
-        let guard = self.inner.controls.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self
+            .inner
+            .controls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = guard.as_ref() {
             let _ = tx.send(run_id.to_owned());
         }
@@ -117,7 +127,12 @@ impl RunSubscription {
 impl Drop for RunSubscription {
     fn drop(&mut self) {
         drop(self.rx.take());
-        let mut runs = self.hub.inner.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut runs = self
+            .hub
+            .inner
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if runs
             .get(&self.run_id)
             .is_some_and(|tx| tx.receiver_count() == 0)

@@ -50,7 +50,10 @@ pub struct NewRun {
 pub enum CreateRunOutcome {
     Created(Run),
     /// The key was seen before with the same request: the original answer.
-    Replayed { status: u16, body: Value },
+    Replayed {
+        status: u16,
+        body: Value,
+    },
 }
 
 /// Position in a newest-first list: the last item of the previous page.
@@ -199,3 +202,7 @@ pub struct Heartbeat {
     pub held: HashMap<String, i64>,
     pub controls: Vec<Control>,
 }
+
+/// Events every new run starts with (`run.created`, `run.queued`): its
+/// `last_seq` once created.
+pub const CREATION_EVENTS: i64 = 2;

@@ -1,0 +1,233 @@
+//! A fake model server speaking OpenAI's Chat Completions streaming wire
+//! format (`chat.completion.chunk` SSE, a usage chunk, `data: [DONE]`), with
+//! knobs tests turn: how many tokens, how fast, and how many requests fail
+//! first. It records every request body so tests can assert what a model saw.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// How the fake answers. Shared; tests change it between requests.
+#[derive(Debug)]
+pub struct Behavior {
+    /// Content chunks per answer.
+    pub tokens: AtomicUsize,
+    /// Pause before each chunk, in microseconds.
+    pub delay_us: AtomicU64,
+    /// This many upcoming requests fail with `fail_status` before any succeed.
+    pub fail_next: AtomicUsize,
+    pub fail_status: AtomicUsize,
+    /// Streams stop after this many chunks without `[DONE]` (a dropped
+    /// connection); 0 disables.
+    pub cut_after: AtomicUsize,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Behavior {
+            tokens: AtomicUsize::new(8),
+            delay_us: AtomicU64::new(0),
+            fail_next: AtomicUsize::new(0),
+            fail_status: AtomicUsize::new(500),
+            cut_after: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Behavior {
+    pub fn set_tokens(&self, n: usize) {
+        self.tokens.store(n, Ordering::SeqCst);
+    }
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_us.store(d.as_micros() as u64, Ordering::SeqCst);
+    }
+    /// The next `n` requests answer `status` (e.g. 500, 429).
+    pub fn fail_next(&self, n: usize, status: u16) {
+        self.fail_status.store(status as usize, Ordering::SeqCst);
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone, Default)]
+struct Shared {
+    behavior: Arc<Behavior>,
+    requests: Arc<Mutex<Vec<Value>>>,
+    /// When false, request bodies are not kept (benchmarks).
+    record: bool,
+}
+
+/// A running fake; dropping it does not stop the server (it lives for the
+/// test process), so tests may keep only what they need.
+#[derive(Clone)]
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    shared: Shared,
+}
+
+impl FakeUpstream {
+    /// Serves on `127.0.0.1:0` on the current runtime.
+    pub async fn start() -> FakeUpstream {
+        Self::start_on("127.0.0.1:0".parse().expect("literal address"), true).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, record: bool) -> FakeUpstream {
+        let shared = Shared {
+            record,
+            ..Shared::default()
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("fake upstream binds");
+        let addr = listener.local_addr().expect("bound address");
+        let app = router(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeUpstream { addr, shared }
+    }
+
+    /// The OpenAI-style base URL (`…/v1`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn behavior(&self) -> &Behavior {
+        &self.shared.behavior
+    }
+
+    /// Every request body received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.shared
+            .requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// The text a successful answer of `n` tokens carries.
+    pub fn expected_text(n: usize) -> String {
+        (0..n).map(token).collect()
+    }
+}
+
+/// The `i`th content chunk.
+pub fn token(i: usize) -> String {
+    format!("t{i} ")
+}
+
+fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/chat/completions", post(chat))
+        .with_state(shared)
+}
+
+async fn chat(State(shared): State<Shared>, body: Bytes) -> Response {
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({"error": {"message": e.to_string()}}).to_string(),
+            )
+                .into_response();
+        }
+    };
+    if shared.record {
+        if let Ok(mut r) = shared.requests.lock() {
+            r.push(request.clone());
+        }
+    }
+    let b = &shared.behavior;
+    if b.fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        let status = StatusCode::from_u16(b.fail_status.load(Ordering::SeqCst) as u16)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = json!({"error": {"message": "injected failure", "type": "server_error"}});
+        return (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response();
+    }
+    let tokens = b.tokens.load(Ordering::SeqCst);
+    let delay = Duration::from_micros(b.delay_us.load(Ordering::SeqCst));
+    let cut_after = b.cut_after.load(Ordering::SeqCst);
+    let model = request["model"].as_str().unwrap_or("fake").to_owned();
+    let prompt_tokens: usize = request["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|m| {
+                    m["content"]
+                        .as_str()
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .count()
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    let include_usage = request["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+
+    let id = "chatcmpl-fake";
+    let chunk = move |delta: Value, finish: Value| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    };
+    let mut frames: Vec<(bool, String)> = Vec::with_capacity(tokens + 4);
+    frames.push((
+        false,
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string(),
+    ));
+    for i in 0..tokens {
+        frames.push((
+            true,
+            chunk(json!({"content": token(i)}), Value::Null).to_string(),
+        ));
+    }
+    let cut = cut_after > 0 && cut_after < tokens;
+    if cut {
+        frames.truncate(cut_after + 1);
+    } else {
+        frames.push((false, chunk(json!({}), json!("stop")).to_string()));
+        if include_usage {
+            let usage = json!({
+                "id": id, "object": "chat.completion.chunk", "choices": [],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
+                          "total_tokens": prompt_tokens + tokens},
+            });
+            frames.push((false, usage.to_string()));
+        }
+        frames.push((false, "[DONE]".to_owned()));
+    }
+    let stream = futures::stream::iter(frames).then(move |(paced, data)| async move {
+        if paced && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok::<_, Infallible>(Bytes::from(format!("data: {data}\n\n")))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .expect("static response parts")
+}

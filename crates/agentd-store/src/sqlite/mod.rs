@@ -72,9 +72,11 @@ impl SqliteStore {
         let mut conn = options.connect().await?;
         MIGRATOR.run(&mut conn).await?;
         // Whoever held these leases died with the previous process.
-        sqlx::query("UPDATE runs SET lease_owner = NULL, lease_expires_at = 0 WHERE status = 'running'")
-            .execute(&mut conn)
-            .await?;
+        sqlx::query(
+            "UPDATE runs SET lease_owner = NULL, lease_expires_at = 0 WHERE status = 'running'",
+        )
+        .execute(&mut conn)
+        .await?;
 
         let reads = SqlitePoolOptions::new()
             .max_connections(4)
@@ -96,7 +98,11 @@ fn connect_options(path: &Path, fsync: bool) -> Result<SqliteConnectOptions, sql
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(if fsync { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
+        .synchronous(if fsync {
+            SqliteSynchronous::Full
+        } else {
+            SqliteSynchronous::Normal
+        })
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(false)
         .pragma("cache_size", "-16000")
@@ -140,7 +146,11 @@ impl Store for SqliteStore {
         self.writer.submit(ops::create_session, new).await?
     }
 
-    async fn get_session(&self, tenant: &TenantId, id: &str) -> Result<Option<Session>, StoreError> {
+    async fn get_session(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<Session>, StoreError> {
         let row: Option<SessionRow> = sqlx::query_as(
             "SELECT tenant_id, id, agent, metadata, created_at, updated_at FROM sessions \
              WHERE tenant_id = ? AND id = ?",
@@ -152,22 +162,38 @@ impl Store for SqliteStore {
         row.map(Session::try_from).transpose()
     }
 
-    async fn list_sessions(&self, tenant: &TenantId, page: PageRequest) -> Result<Page<Session>, StoreError> {
+    async fn list_sessions(
+        &self,
+        tenant: &TenantId,
+        page: PageRequest,
+    ) -> Result<Page<Session>, StoreError> {
         let mut qb = QueryBuilder::new(
             "SELECT tenant_id, id, agent, metadata, created_at, updated_at FROM sessions WHERE tenant_id = ",
         );
         qb.push_bind(tenant.as_str());
         push_page(&mut qb, &page);
         let rows: Vec<SessionRow> = qb.build_query_as().fetch_all(&self.reads).await?;
-        let items = rows.into_iter().map(Session::try_from).collect::<Result<Vec<_>, _>>()?;
-        Ok(into_page(items, page.limit, |s| crate::Cursor { created_at: s.created_at, id: s.id.clone() }))
+        let items = rows
+            .into_iter()
+            .map(Session::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(into_page(items, page.limit, |s| crate::Cursor {
+            created_at: s.created_at,
+            id: s.id.clone(),
+        }))
     }
 
     async fn delete_session(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
-        self.writer.submit(ops::delete_session, (tenant.clone(), id.to_owned())).await
+        self.writer
+            .submit(ops::delete_session, (tenant.clone(), id.to_owned()))
+            .await
     }
 
-    async fn session_messages(&self, tenant: &TenantId, id: &str) -> Result<Vec<Message>, StoreError> {
+    async fn session_messages(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Vec<Message>, StoreError> {
         let rows: Vec<MessageRow> = sqlx::query_as(
             "SELECT idx, run_id, role, content, created_at FROM messages \
              WHERE tenant_id = ? AND session_id = ? ORDER BY idx",
@@ -184,17 +210,24 @@ impl Store for SqliteStore {
     }
 
     async fn get_run(&self, tenant: &TenantId, id: &str) -> Result<Option<Run>, StoreError> {
-        let row: Option<RunRow> =
-            sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = ? AND id = ?"))
-                .bind(tenant.as_str())
-                .bind(id)
-                .fetch_optional(&self.reads)
-                .await?;
+        let row: Option<RunRow> = sqlx::query_as(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = ? AND id = ?"
+        ))
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(&self.reads)
+        .await?;
         row.map(Run::try_from).transpose()
     }
 
-    async fn list_runs(&self, tenant: &TenantId, filter: RunFilter, page: PageRequest) -> Result<Page<Run>, StoreError> {
-        let mut qb = QueryBuilder::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = "));
+    async fn list_runs(
+        &self,
+        tenant: &TenantId,
+        filter: RunFilter,
+        page: PageRequest,
+    ) -> Result<Page<Run>, StoreError> {
+        let mut qb =
+            QueryBuilder::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = "));
         qb.push_bind(tenant.as_str());
         if let Some(status) = filter.status {
             qb.push(" AND status = ").push_bind(status.as_str());
@@ -210,11 +243,23 @@ impl Store for SqliteStore {
         }
         push_page(&mut qb, &page);
         let rows: Vec<RunRow> = qb.build_query_as().fetch_all(&self.reads).await?;
-        let items = rows.into_iter().map(Run::try_from).collect::<Result<Vec<_>, _>>()?;
-        Ok(into_page(items, page.limit, |r| crate::Cursor { created_at: r.created_at, id: r.id.clone() }))
+        let items = rows
+            .into_iter()
+            .map(Run::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(into_page(items, page.limit, |r| crate::Cursor {
+            created_at: r.created_at,
+            id: r.id.clone(),
+        }))
     }
 
-    async fn events_after(&self, tenant: &TenantId, run_id: &str, after_seq: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
+    async fn events_after(
+        &self,
+        tenant: &TenantId,
+        run_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
         let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT run_id, seq, type, payload, created_at FROM run_events \
              WHERE run_id = ? AND tenant_id = ? AND seq > ? ORDER BY seq LIMIT ?",
@@ -229,22 +274,35 @@ impl Store for SqliteStore {
     }
 
     async fn cancel_run(&self, tenant: &TenantId, id: &str) -> Result<Option<Run>, StoreError> {
-        self.writer.submit(ops::cancel_run, (tenant.clone(), id.to_owned())).await
+        self.writer
+            .submit(ops::cancel_run, (tenant.clone(), id.to_owned()))
+            .await
     }
 
     async fn claim_runs(&self, claim: ClaimRequest) -> Result<Vec<ClaimedRun>, StoreError> {
         self.writer.submit(ops::claim_runs, claim).await
     }
 
-    async fn append(&self, lease: &Lease, events: Vec<NewEvent>, update: Option<RunUpdate>) -> Result<Vec<Event>, StoreError> {
-        self.writer.submit(ops::append, (lease.clone(), events, update)).await?
+    async fn append(
+        &self,
+        lease: &Lease,
+        events: Vec<NewEvent>,
+        update: Option<RunUpdate>,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.writer
+            .submit(ops::append, (lease.clone(), events, update))
+            .await?
     }
 
     async fn heartbeat(&self, owner: &str, lease_ms: i64) -> Result<Heartbeat, StoreError> {
-        self.writer.submit(ops::heartbeat, (owner.to_owned(), lease_ms)).await
+        self.writer
+            .submit(ops::heartbeat, (owner.to_owned(), lease_ms))
+            .await
     }
 
     async fn release_leases(&self, owner: &str) -> Result<(), StoreError> {
-        self.writer.submit(ops::release_leases, owner.to_owned()).await
+        self.writer
+            .submit(ops::release_leases, owner.to_owned())
+            .await
     }
 }

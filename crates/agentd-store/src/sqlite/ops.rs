@@ -14,8 +14,8 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use super::rows::{RUN_COLUMNS, RunRow};
 use super::writer::Applied;
 use crate::{
-    ClaimRequest, ClaimedRun, Control, ControlKind, CreateRunOutcome, Heartbeat, Lease,
-    NewRun, NewSession, RunUpdate, SessionTarget, StoreError,
+    ClaimRequest, ClaimedRun, Control, ControlKind, CreateRunOutcome, Heartbeat, Lease, NewRun,
+    NewSession, RunUpdate, SessionTarget, StoreError,
 };
 
 /// How long an idempotency key is remembered (DESIGN §3).
@@ -24,10 +24,11 @@ pub(crate) const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 type Op<'c, R> = BoxFuture<'c, sqlx::Result<Applied<R>>>;
 
 async fn load_run(c: &mut SqliteConnection, id: &str) -> sqlx::Result<Option<Run>> {
-    let row: Option<RunRow> = sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"))
-        .bind(id)
-        .fetch_optional(c)
-        .await?;
+    let row: Option<RunRow> =
+        sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(c)
+            .await?;
     row.map(Run::try_from).transpose().map_err(corrupt)
 }
 
@@ -237,6 +238,7 @@ pub(crate) fn create_run<'c>(
         let mut stored = run.clone();
         stored.status = RunStatus::Queued;
         stored.last_seq = events.len() as i64;
+        debug_assert_eq!(stored.last_seq, crate::CREATION_EVENTS);
         Ok(Applied {
             value: Ok(CreateRunOutcome::Created(stored)),
             events,
@@ -305,8 +307,7 @@ pub(crate) fn claim_runs<'c>(
                     json!({"worker": &*req.owner, "lease_epoch": run.lease_epoch}),
                 ));
             }
-            let stored =
-                insert_events(c, &run.tenant_id, &id, run.last_seq, &events, now).await?;
+            let stored = insert_events(c, &run.tenant_id, &id, run.last_seq, &events, now).await?;
             run.last_seq += stored.len() as i64;
             sqlx::query("UPDATE runs SET last_seq = ? WHERE id = ?")
                 .bind(run.last_seq)
@@ -316,7 +317,12 @@ pub(crate) fn claim_runs<'c>(
             published.extend(stored);
             let controls = pending_controls(c, &id).await?;
             claimed.push(ClaimedRun {
-                lease: Lease::new(id, run.tenant_id.clone(), run.lease_epoch, req.owner.clone()),
+                lease: Lease::new(
+                    id,
+                    run.tenant_id.clone(),
+                    run.lease_epoch,
+                    req.owner.clone(),
+                ),
                 run,
                 recovered,
                 controls,
@@ -410,12 +416,21 @@ pub(crate) fn append<'c>(
             None => None,
         };
 
-        let events = insert_events(c, lease.tenant_id(), lease.run_id(), last_seq, new_events, now).await?;
+        let events = insert_events(
+            c,
+            lease.tenant_id(),
+            lease.run_id(),
+            last_seq,
+            new_events,
+            now,
+        )
+        .await?;
         let last_seq = last_seq + events.len() as i64;
         let mut wake = false;
         match (update, next) {
             (Some(u), Some(next)) => {
-                let mut total: agentd_core::Usage = serde_json::from_str(&usage).unwrap_or_default();
+                let mut total: agentd_core::Usage =
+                    serde_json::from_str(&usage).unwrap_or_default();
                 if let Some(add) = &u.usage {
                     total.add(add);
                 }
@@ -568,18 +583,30 @@ struct Cancelled {
 async fn cancel_one(c: &mut SqliteConnection, mut run: Run) -> sqlx::Result<Cancelled> {
     let now = now_millis();
     match run.status {
-        RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled | RunStatus::LimitExceeded => {
-            Ok(Cancelled { run, events: Vec::new(), wake: false, control: false })
-        }
+        RunStatus::Succeeded
+        | RunStatus::Failed
+        | RunStatus::Cancelled
+        | RunStatus::LimitExceeded => Ok(Cancelled {
+            run,
+            events: Vec::new(),
+            wake: false,
+            control: false,
+        }),
         RunStatus::Queued | RunStatus::AwaitingInput => {
             // No lease holder: cancel here and now.
-            let next = run.status.apply(RunTransition::Cancel).map_err(|e| corrupt(e.into()))?;
+            let next = run
+                .status
+                .apply(RunTransition::Cancel)
+                .map_err(|e| corrupt(e.into()))?;
             let events = insert_events(
                 c,
                 &run.tenant_id,
                 &run.id,
                 run.last_seq,
-                &[NewEvent::new(EventType::Cancelled, json!({"reason": "cancelled by client", "from": run.status}))],
+                &[NewEvent::new(
+                    EventType::Cancelled,
+                    json!({"reason": "cancelled by client", "from": run.status}),
+                )],
                 now,
             )
             .await?;
@@ -598,7 +625,12 @@ async fn cancel_one(c: &mut SqliteConnection, mut run: Run) -> sqlx::Result<Canc
             .bind(&run.id)
             .execute(&mut *c)
             .await?;
-            Ok(Cancelled { run, events, wake: true, control: false })
+            Ok(Cancelled {
+                run,
+                events,
+                wake: true,
+                control: false,
+            })
         }
         RunStatus::Running => {
             // Its lease holder stops it; tell it through a control row.
@@ -613,7 +645,12 @@ async fn cancel_one(c: &mut SqliteConnection, mut run: Run) -> sqlx::Result<Canc
             .bind(&run.id)
             .execute(&mut *c)
             .await?;
-            Ok(Cancelled { run, events: Vec::new(), wake: true, control: true })
+            Ok(Cancelled {
+                run,
+                events: Vec::new(),
+                wake: true,
+                control: true,
+            })
         }
     }
 }
@@ -628,7 +665,11 @@ pub(crate) fn cancel_run<'c>(
         };
         let done = cancel_one(c, run).await?;
         Ok(Applied {
-            controls: if done.control { vec![done.run.id.clone()] } else { Vec::new() },
+            controls: if done.control {
+                vec![done.run.id.clone()]
+            } else {
+                Vec::new()
+            },
             value: Some(done.run),
             events: done.events,
             wake_workers: done.wake,

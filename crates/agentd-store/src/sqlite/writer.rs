@@ -8,8 +8,8 @@ use futures::future::BoxFuture;
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::hub::{EventHub, HubMessage};
 use crate::StoreError;
+use crate::hub::{EventHub, HubMessage};
 use agentd_core::Event;
 
 /// Jobs in one transaction at most; bounds a batch's latency.

@@ -1,0 +1,176 @@
+//! Agents and models as configured in `agentd.toml` (DESIGN §5), and the
+//! snapshot a run keeps of its agent so a config change never alters it.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// Chat Completions: OpenAI and every compatible server.
+    Openai,
+    Anthropic,
+    Local,
+}
+
+/// One `[models.NAME]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub provider: Provider,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    pub model: String,
+    /// The name of the variable holding the key, never the key itself.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Retries of a transient upstream failure (429, 5xx, reset) per step.
+    #[serde(default = "defaults::max_retries")]
+    pub max_retries: u32,
+    /// First retry delay; doubled each time, with jitter.
+    #[serde(default = "defaults::retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Longest silence from the upstream before the attempt counts as failed.
+    #[serde(default = "defaults::idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+}
+
+/// One `[agents.NAME]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// A key of `[models]`.
+    #[serde(default = "defaults::model")]
+    pub model: String,
+    #[serde(default)]
+    pub instructions: String,
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub approval: IndexMap<String, String>,
+    #[serde(default)]
+    pub egress: Option<serde_json::Value>,
+    #[serde(default = "defaults::max_steps")]
+    pub max_steps: u32,
+    #[serde(default = "defaults::max_output_tokens")]
+    pub max_output_tokens: u32,
+    #[serde(default = "defaults::timeout_secs")]
+    pub timeout_secs: u64,
+    #[serde(default = "defaults::approval_timeout_secs")]
+    pub approval_timeout_secs: u64,
+}
+
+mod defaults {
+    pub fn max_retries() -> u32 {
+        2
+    }
+    pub fn retry_backoff_ms() -> u64 {
+        500
+    }
+    pub fn idle_timeout_secs() -> u64 {
+        120
+    }
+    pub fn model() -> String {
+        "default".into()
+    }
+    pub fn max_steps() -> u32 {
+        16
+    }
+    pub fn max_output_tokens() -> u32 {
+        4096
+    }
+    pub fn timeout_secs() -> u64 {
+        600
+    }
+    pub fn approval_timeout_secs() -> u64 {
+        86400
+    }
+}
+
+/// What a run keeps of its agent: everything the engine needs, resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentSnapshot {
+    pub name: String,
+    pub model_name: String,
+    pub model: ModelSpec,
+    pub instructions: String,
+    pub tools: Vec<String>,
+    pub max_steps: u32,
+    pub max_output_tokens: u32,
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CatalogError {
+    #[error("agent {agent:?} names model {model:?}, which is not configured")]
+    UnknownModel { agent: String, model: String },
+    #[error("model {0:?}: provider {1:?} is not available in this build")]
+    UnsupportedProvider(String, Provider),
+    #[error("model {0:?}: provider openai needs base_url")]
+    MissingBaseUrl(String),
+}
+
+/// The configured agents, in file order; the first is the default.
+#[derive(Clone, Debug)]
+pub struct AgentCatalog {
+    agents: IndexMap<String, AgentSnapshot>,
+}
+
+impl AgentCatalog {
+    /// Validates that every agent's model exists and can be served.
+    pub fn new(
+        models: &IndexMap<String, ModelSpec>,
+        agents: &IndexMap<String, AgentSpec>,
+    ) -> Result<AgentCatalog, CatalogError> {
+        let mut out = IndexMap::new();
+        for (name, agent) in agents {
+            let model = models
+                .get(&agent.model)
+                .ok_or_else(|| CatalogError::UnknownModel {
+                    agent: name.clone(),
+                    model: agent.model.clone(),
+                })?;
+            match model.provider {
+                Provider::Openai if model.base_url.is_none() => {
+                    return Err(CatalogError::MissingBaseUrl(agent.model.clone()));
+                }
+                Provider::Openai => {}
+                other => {
+                    return Err(CatalogError::UnsupportedProvider(
+                        agent.model.clone(),
+                        other,
+                    ));
+                }
+            }
+            out.insert(
+                name.clone(),
+                AgentSnapshot {
+                    name: name.clone(),
+                    model_name: agent.model.clone(),
+                    model: model.clone(),
+                    instructions: agent.instructions.clone(),
+                    tools: agent.tools.clone(),
+                    max_steps: agent.max_steps,
+                    max_output_tokens: agent.max_output_tokens,
+                    timeout_secs: agent.timeout_secs,
+                },
+            );
+        }
+        Ok(AgentCatalog { agents: out })
+    }
+
+    /// The agent used when none is named; `None` only for an empty catalog.
+    pub fn default_agent(&self) -> Option<&AgentSnapshot> {
+        self.agents.values().next()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&AgentSnapshot> {
+        self.agents.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &AgentSnapshot> {
+        self.agents.values()
+    }
+}

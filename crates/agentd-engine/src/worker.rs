@@ -1,0 +1,298 @@
+//! The worker pool of one process: a dispatcher that claims runs when told
+//! there is work (or on a poll, which also finds lapsed leases), one task per
+//! claimed run, and a heartbeat that extends this process's leases, delivers
+//! control rows (cancel) and stops runs whose lease was taken.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentd_store::{ClaimRequest, ClaimedRun, ControlKind, Store};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::agent_loop;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Unique per process: names the lease holder.
+    pub owner: String,
+    /// Runs this process drives at once; more wait queued.
+    pub max_concurrent_runs: usize,
+    /// How long a lease lasts without a heartbeat.
+    pub lease_ms: i64,
+    /// How often leases are extended and controls polled.
+    pub heartbeat_ms: u64,
+    /// How often to look for work without a wake-up (lapsed leases, other nodes).
+    pub poll_ms: u64,
+}
+
+impl EngineConfig {
+    pub fn new(owner: String) -> Self {
+        EngineConfig {
+            owner,
+            max_concurrent_runs: 4096,
+            lease_ms: 30_000,
+            heartbeat_ms: 10_000,
+            poll_ms: 1_000,
+        }
+    }
+}
+
+/// A cheap-to-clone handle on the process's workers.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    http: reqwest::Client,
+    config: EngineConfig,
+    owner: Arc<str>,
+    /// Runs this process drives, by id.
+    local: Mutex<HashMap<String, RunHandle>>,
+    permits: Arc<Semaphore>,
+    /// Cancelled at shutdown: no new claims.
+    stop_claiming: CancellationToken,
+    /// Run the heartbeat now (a control row arrived).
+    beat_now: Notify,
+    runs: TaskTracker,
+    background: TaskTracker,
+}
+
+/// How the rest of the engine reaches a run's task.
+#[derive(Clone)]
+pub(crate) struct RunHandle {
+    pub epoch: i64,
+    /// A client asked to cancel: finish as `cancelled`.
+    pub cancel: CancellationToken,
+    /// Stop at once and write nothing more (lease lost, process stopping).
+    pub abandon: CancellationToken,
+}
+
+impl Engine {
+    /// Starts the dispatcher and heartbeat on the current runtime.
+    pub fn start(store: Arc<dyn Store>, config: EngineConfig) -> Engine {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .build()
+            .expect("an HTTP client with static settings builds");
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                store,
+                http,
+                owner: config.owner.clone().into(),
+                permits: Arc::new(Semaphore::new(config.max_concurrent_runs)),
+                config,
+                local: Mutex::new(HashMap::new()),
+                stop_claiming: CancellationToken::new(),
+                beat_now: Notify::new(),
+                runs: TaskTracker::new(),
+                background: TaskTracker::new(),
+            }),
+        };
+        engine.inner.background.spawn(engine.clone().dispatch());
+        engine.inner.background.spawn(engine.clone().heartbeat());
+        engine
+            .inner
+            .background
+            .spawn(engine.clone().listen_controls());
+        engine
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// Runs driven by this process right now.
+    pub fn active_runs(&self) -> usize {
+        self.inner.local.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    /// Stops claiming, lets runs in flight finish for up to `grace`, then
+    /// abandons the rest and releases their leases for another worker.
+    pub async fn shutdown(&self, grace: Duration) {
+        let inner = &self.inner;
+        inner.stop_claiming.cancel();
+        inner.runs.close();
+        if tokio::time::timeout(grace, inner.runs.wait())
+            .await
+            .is_err()
+        {
+            let handles: Vec<RunHandle> = inner
+                .local
+                .lock()
+                .map(|l| l.values().cloned().collect())
+                .unwrap_or_default();
+            tracing::info!(runs = handles.len(), "grace period over; releasing leases");
+            for h in handles {
+                h.abandon.cancel();
+            }
+            inner.runs.wait().await;
+        }
+        if let Err(e) = inner.store.release_leases(&inner.owner).await {
+            tracing::warn!(error = %e, "could not release leases");
+        }
+        inner.background.close();
+        inner.background.wait().await;
+    }
+
+    async fn dispatch(self) {
+        let inner = &self.inner;
+        let hub = inner.store.hub().clone();
+        loop {
+            let free = inner.permits.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = inner.stop_claiming.cancelled() => return,
+                    permit = inner.permits.acquire() => drop(permit),
+                }
+                continue;
+            }
+            let claim = ClaimRequest {
+                owner: inner.owner.clone(),
+                max: free.min(64),
+                lease_ms: inner.config.lease_ms,
+            };
+            // Register interest before claiming so a wake-up during the claim is kept.
+            let woken = hub.work_available();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let claimed = match inner.store.claim_runs(claim).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming runs failed");
+                    Vec::new()
+                }
+            };
+            let full_batch = claimed.len() == free.min(64);
+            for run in claimed {
+                self.spawn_run(run);
+            }
+            if full_batch {
+                continue;
+            }
+            tokio::select! {
+                _ = inner.stop_claiming.cancelled() => return,
+                _ = &mut woken => {}
+                _ = tokio::time::sleep(Duration::from_millis(inner.config.poll_ms)) => {}
+            }
+        }
+    }
+
+    fn spawn_run(&self, claimed: ClaimedRun) {
+        let inner = &self.inner;
+        let Ok(permit) = inner.permits.clone().try_acquire_owned() else {
+            // Cannot happen: we claimed no more than the free permits. Give the
+            // run back rather than overcommit.
+            tracing::error!(run = claimed.run.id, "no permit for a claimed run");
+            return;
+        };
+        let handle = RunHandle {
+            epoch: claimed.lease.epoch(),
+            cancel: CancellationToken::new(),
+            abandon: CancellationToken::new(),
+        };
+        if claimed
+            .controls
+            .iter()
+            .any(|c| c.kind == ControlKind::Cancel)
+        {
+            handle.cancel.cancel();
+        }
+        let run_id = claimed.run.id.clone();
+        inner
+            .local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(run_id.clone(), handle.clone());
+        let engine = self.clone();
+        inner.runs.spawn(async move {
+            let ctx = agent_loop::RunContext {
+                store: engine.inner.store.clone(),
+                http: engine.inner.http.clone(),
+                handle,
+            };
+            agent_loop::drive(ctx, claimed).await;
+            engine
+                .inner
+                .local
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&run_id);
+            drop(permit);
+        });
+    }
+
+    async fn heartbeat(self) {
+        let inner = &self.inner;
+        let every = Duration::from_millis(inner.config.heartbeat_ms);
+        loop {
+            tokio::select! {
+                _ = inner.background_closed() => return,
+                _ = tokio::time::sleep(every) => {}
+                _ = inner.beat_now.notified() => {}
+            }
+            let beat = match inner
+                .store
+                .heartbeat(&inner.owner, inner.config.lease_ms)
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                    continue;
+                }
+            };
+            let local = inner
+                .local
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            for (run_id, handle) in &local {
+                if beat.held.get(run_id) != Some(&handle.epoch) {
+                    tracing::warn!(run = run_id, "lease lost; stopping");
+                    handle.abandon.cancel();
+                }
+            }
+            for control in beat.controls {
+                if let (ControlKind::Cancel, Some(h)) = (control.kind, local.get(&control.run_id)) {
+                    h.cancel.cancel();
+                }
+            }
+        }
+    }
+
+    async fn listen_controls(self) {
+        let inner = &self.inner;
+        let mut rx = inner.store.hub().subscribe_controls();
+        loop {
+            tokio::select! {
+                _ = inner.background_closed() => return,
+                msg = rx.recv() => match msg {
+                    Ok(run_id) => {
+                        let mine = inner.local.lock().map(|l| l.contains_key(&run_id)).unwrap_or(false);
+                        if mine {
+                            inner.beat_now.notify_one();
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => inner.beat_now.notify_one(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Background loops end once shutdown has drained the runs.
+    async fn background_closed(&self) {
+        self.stop_claiming.cancelled().await;
+        self.runs.wait().await;
+    }
+}

@@ -1,0 +1,143 @@
+//! Every error a client can see, mapped to HTTP in one place.
+//!
+//! Handlers return [`ApiError`]; its response carries an [`ErrorEnvelope`]
+//! extension and no body. The request-id middleware ([`crate::request_id`])
+//! renders the envelope with the request's id, so every error body has one.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use agentd_store::StoreError;
+
+/// The kinds of object a 404 can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    Run,
+    Session,
+    Route,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed JSON, a wrong type, an unknown field, a bad parameter.
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("an idempotency-key header is required")]
+    IdempotencyKeyRequired,
+    #[error("unknown agent {0:?}")]
+    UnknownAgent(String),
+    #[error("missing Authorization header")]
+    AuthMissing,
+    /// Unknown, revoked and expired credentials alike.
+    #[error("Invalid API key")]
+    AuthInvalid,
+    #[error("this credential lacks the {0} scope")]
+    ScopeMissing(&'static str),
+    /// Missing, or another tenant's: the two are indistinguishable.
+    #[error("{} not found", resource_name(*.0))]
+    NotFound(Resource),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("session already exists")]
+    SessionExists,
+    #[error("idempotency key was already used with a different request body")]
+    IdempotencyKeyReused,
+    #[error("{0}")]
+    RunStateConflict(String),
+    #[error("request body is too large (limit {0} bytes)")]
+    PayloadTooLarge(usize),
+    /// The store is unreachable or the server is shutting down.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+fn resource_name(r: Resource) -> &'static str {
+    match r {
+        Resource::Run => "run",
+        Resource::Session => "session",
+        Resource::Route => "route",
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_)
+            | ApiError::IdempotencyKeyRequired
+            | ApiError::UnknownAgent(_) => StatusCode::BAD_REQUEST,
+            ApiError::AuthMissing | ApiError::AuthInvalid => StatusCode::UNAUTHORIZED,
+            ApiError::ScopeMissing(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::SessionExists
+            | ApiError::IdempotencyKeyReused
+            | ApiError::RunStateConflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "INVALID_REQUEST",
+            ApiError::IdempotencyKeyRequired => "IDEMPOTENCY_KEY_REQUIRED",
+            ApiError::UnknownAgent(_) => "AGENT_NOT_FOUND",
+            ApiError::AuthMissing => "AUTH_MISSING_HEADER",
+            ApiError::AuthInvalid => "AUTH_KEY_INVALID",
+            ApiError::ScopeMissing(_) => "AUTH_SCOPE_MISSING",
+            ApiError::NotFound(Resource::Run) => "RUN_NOT_FOUND",
+            ApiError::NotFound(Resource::Session) => "SESSION_NOT_FOUND",
+            ApiError::NotFound(Resource::Route) => "NOT_FOUND",
+            ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiError::SessionExists => "SESSION_EXISTS",
+            ApiError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            ApiError::RunStateConflict(_) => "RUN_STATE_CONFLICT",
+            ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            ApiError::Unavailable(_) => "SERVICE_UNAVAILABLE",
+            ApiError::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::SessionExists => ApiError::SessionExists,
+            StoreError::SessionNotFound => ApiError::NotFound(Resource::Session),
+            StoreError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            StoreError::IllegalTransition(t) => ApiError::RunStateConflict(t.to_string()),
+            StoreError::Unavailable(e) => ApiError::Unavailable(e.to_string()),
+            StoreError::Closed => ApiError::Unavailable("store is closed".into()),
+            StoreError::LeaseLost | StoreError::Corrupt(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// The error body of DESIGN §3.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: String,
+    pub reason_code: &'static str,
+    /// Filled in by the request-id middleware.
+    pub request_id: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) | ApiError::Unavailable(detail) = &self {
+            tracing::error!(reason = self.reason_code(), %detail, "request failed");
+        }
+        let mut response = self.status().into_response();
+        response.extensions_mut().insert(ErrorEnvelope {
+            error: self.to_string(),
+            reason_code: self.reason_code(),
+            request_id: String::new(),
+        });
+        response
+    }
+}

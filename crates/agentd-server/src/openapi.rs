@@ -1,0 +1,39 @@
+//! `/openapi.json`, generated from the handlers' own annotations and types.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{agents, health, runs, sessions, streams};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "agentd", description = "A self-hosted runtime for AI agents."),
+    paths(
+        health::health, health::ready, health::info,
+        agents::list,
+        sessions::create, sessions::list, sessions::get, sessions::delete, sessions::messages,
+        runs::create_on_session, runs::create, runs::list, runs::get, runs::cancel, runs::signal,
+        streams::events_page, streams::events_stream, streams::run_updates,
+    ),
+    components(schemas(crate::error::ErrorEnvelope, agentd_core::event::EventPayload)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "health", responses((status = 200, body = Object)))]
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,485 @@
+//! Runs: create (seed 000 on a session, seed 001 idempotent), list, get,
+//! cancel, signal.
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use agentd_core::run::RunSource;
+use agentd_core::time::{now_millis, parse_rfc3339};
+use agentd_core::{Run, RunStatus, TenantId, Usage, new_id};
+use agentd_store::{
+    CREATION_EVENTS, CreateRunOutcome, HubMessage, IdempotencyRecord, NewRun, NewSession,
+    RunFilter, SessionTarget,
+};
+
+use super::sessions::{metadata_object, resolve_agent};
+use crate::AppState;
+use crate::auth::{Principal, Scope};
+use crate::error::{ApiError, Resource};
+use crate::extract::{JsonBody, QueryParams, parse_json, read_body};
+use crate::idempotency::{fingerprint, validate_key};
+use crate::request_id::RequestId;
+use crate::views::{List, PageQuery, RunView, encode_cursor};
+
+/// Seed 000's body for `POST /v1/sessions/{id}/runs`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSessionRunRequest {
+    /// Ordered input; `{"type": "text", "text": "..."}` items become the user's turn.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub input_items: Vec<Value>,
+    /// Plain-text input; may be omitted when `input_items` carries it all.
+    pub content: Option<String>,
+    pub source_plugin: Option<String>,
+    pub source_kind: Option<String>,
+    /// Who asked, as claimed by the client.
+    pub actor_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    /// Overrides the session's agent for this run.
+    pub agent: Option<String>,
+}
+
+/// Seed 001's body for `POST /v1/runs`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRunRequest {
+    /// `{"user_query": "..."}`, or any object (sent to the model as JSON).
+    #[schema(value_type = Object)]
+    pub input: Value,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    pub agent: Option<String>,
+    /// Continue this session; a new one is made when absent.
+    pub session_id: Option<String>,
+}
+
+/// What both create routes reduce to.
+struct RunSpec {
+    session: Option<String>,
+    agent: Option<String>,
+    input: Value,
+    user_message: String,
+    metadata: Value,
+    source: RunSource,
+}
+
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get(IDEMPOTENCY_HEADER) {
+        None => Ok(None),
+        Some(v) => {
+            let key = v
+                .to_str()
+                .map_err(|_| ApiError::InvalidRequest("invalid idempotency-key header".into()))?;
+            validate_key(key)?;
+            Ok(Some(key.to_owned()))
+        }
+    }
+}
+
+/// The user's turn from seed 000's items: text items in order, others as JSON.
+fn user_message_from_items(items: &[Value], content: Option<&str>) -> Result<String, ApiError> {
+    let mut parts = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let kind = item.get("type").and_then(Value::as_str).ok_or_else(|| {
+            ApiError::InvalidRequest(format!(
+                "invalid field `input_items[{i}].type`: expected a string"
+            ))
+        })?;
+        if kind == "text" {
+            let text = item.get("text").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::InvalidRequest(format!(
+                    "invalid field `input_items[{i}].text`: expected a string"
+                ))
+            })?;
+            parts.push(text.to_owned());
+        } else {
+            parts.push(item.to_string());
+        }
+    }
+    if parts.is_empty() {
+        if let Some(c) = content.filter(|c| !c.trim().is_empty()) {
+            parts.push(c.to_owned());
+        }
+    }
+    if parts.is_empty() {
+        return Err(ApiError::InvalidRequest(
+            "invalid field `input_items`: give at least one item, or `content`".into(),
+        ));
+    }
+    Ok(parts.join("\n\n"))
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/runs", tag = "runs", request_body = CreateSessionRunRequest,
+    params(("idempotency-key" = Option<String>, Header)),
+    responses((status = 202, body = RunView), (status = 404, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn create_on_session(
+    State(state): State<AppState>,
+    principal: Principal,
+    Extension(request_id): Extension<RequestId>,
+    Path(session_id): Path<String>,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::RunsWrite)?;
+    let key = idempotency_key(&headers)?;
+    let bytes = read_body(req, &state).await?;
+    let raw: Value = parse_json(&bytes)?;
+    let body: CreateSessionRunRequest = parse_json(&bytes)?;
+    let user_message = user_message_from_items(&body.input_items, body.content.as_deref())?;
+    let spec = RunSpec {
+        session: Some(session_id.clone()),
+        agent: body.agent,
+        input: json!({"input_items": body.input_items, "content": body.content}),
+        user_message,
+        metadata: metadata_object(body.metadata, "metadata")?,
+        source: RunSource {
+            source_plugin: body.source_plugin,
+            source_kind: body.source_kind,
+            actor_id: body.actor_id,
+        },
+    };
+    let idem = key.map(|k| {
+        (
+            format!("POST /v1/sessions/{session_id}/runs"),
+            k,
+            fingerprint(&raw),
+        )
+    });
+    create_run(
+        &state,
+        principal.tenant,
+        &request_id,
+        spec,
+        idem,
+        StatusCode::ACCEPTED,
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/runs", tag = "runs", request_body = CreateRunRequest,
+    params(("idempotency-key" = String, Header, description = "Required; a retry with the same key and body replays the first answer")),
+    responses((status = 201, body = RunView), (status = 409, description = "IDEMPOTENCY_KEY_REUSED", body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::RunsWrite)?;
+    let key = idempotency_key(&headers)?.ok_or(ApiError::IdempotencyKeyRequired)?;
+    let bytes = read_body(req, &state).await?;
+    let raw: Value = parse_json(&bytes)?;
+    let body: CreateRunRequest = parse_json(&bytes)?;
+    let user_message = match &body.input {
+        Value::Object(map) => match map.get("user_query") {
+            Some(Value::String(q)) => q.clone(),
+            _ => body.input.to_string(),
+        },
+        _ => {
+            return Err(ApiError::InvalidRequest(
+                "invalid field `input`: expected an object".into(),
+            ));
+        }
+    };
+    if let Some(id) = &body.session_id {
+        if !agentd_core::ids::is_valid_client_id(id) {
+            return Err(ApiError::InvalidRequest(
+                "invalid field `session_id`".into(),
+            ));
+        }
+    }
+    let spec = RunSpec {
+        session: body.session_id,
+        agent: body.agent,
+        input: body.input,
+        user_message,
+        metadata: metadata_object(body.metadata, "metadata")?,
+        source: RunSource::default(),
+    };
+    let idem = Some(("POST /v1/runs".to_owned(), key, fingerprint(&raw)));
+    create_run(
+        &state,
+        principal.tenant,
+        &request_id,
+        spec,
+        idem,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+async fn create_run(
+    state: &AppState,
+    tenant: TenantId,
+    request_id: &RequestId,
+    spec: RunSpec,
+    idempotency: Option<(String, String, String)>,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let store = state.store();
+    let now = now_millis();
+    let (session, session_agent) = match &spec.session {
+        Some(id) => {
+            let s = store
+                .get_session(&tenant, id)
+                .await?
+                .ok_or(ApiError::NotFound(Resource::Session))?;
+            (SessionTarget::Existing(id.clone()), Some(s.agent))
+        }
+        None => (
+            SessionTarget::New(NewSession {
+                tenant_id: tenant.clone(),
+                id: new_id("ses"),
+                agent: String::new(),
+                metadata: json!({}),
+                created_at: now,
+            }),
+            None,
+        ),
+    };
+    let agent = resolve_agent(state, spec.agent.as_deref().or(session_agent.as_deref()))?;
+    let session = match session {
+        SessionTarget::New(mut s) => {
+            s.agent = agent.name.clone();
+            SessionTarget::New(s)
+        }
+        existing => existing,
+    };
+    let session_id = match &session {
+        SessionTarget::Existing(id) => id.clone(),
+        SessionTarget::New(s) => s.id.clone(),
+    };
+    let run = Run {
+        id: new_id("run"),
+        tenant_id: tenant,
+        session_id,
+        agent: agent.name.clone(),
+        status: RunStatus::Queued,
+        input: spec.input,
+        user_message: spec.user_message,
+        metadata: spec.metadata,
+        source: spec.source,
+        agent_config: serde_json::to_value(agent).map_err(|e| ApiError::Internal(e.to_string()))?,
+        output: None,
+        usage: Usage::default(),
+        reason_code: None,
+        error: None,
+        last_seq: CREATION_EVENTS,
+        lease_epoch: 0,
+        request_id: Some(request_id.0.clone()),
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+    };
+    let body = serde_json::to_value(RunView::of(&run).with_request_id(&request_id.0))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let idempotency = idempotency.map(|(route, key, fingerprint)| IdempotencyRecord {
+        route,
+        key,
+        fingerprint,
+        status: status.as_u16(),
+        body: body.clone(),
+    });
+    let outcome = store
+        .create_run(NewRun {
+            run,
+            session,
+            idempotency,
+        })
+        .await?;
+    Ok(match outcome {
+        CreateRunOutcome::Created(_) => (status, Json(body)).into_response(),
+        CreateRunOutcome::Replayed { status, mut body } => {
+            body["replayed"] = json!(true);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            (status, Json(body)).into_response()
+        }
+    })
+}
+
+#[derive(Deserialize)]
+pub struct RunListQuery {
+    status: Option<String>,
+    session_id: Option<String>,
+    agent: Option<String>,
+    created_after: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/runs", tag = "runs",
+    params(("status" = Option<RunStatus>, Query), ("session_id" = Option<String>, Query),
+        ("agent" = Option<String>, Query), ("created_after" = Option<String>, Query, description = "RFC 3339"),
+        ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = List<RunView>)), security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueryParams(q): QueryParams<RunListQuery>,
+) -> Result<Json<List<RunView>>, ApiError> {
+    principal.require(Scope::RunsRead)?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            RunStatus::parse(s).ok_or_else(|| {
+                ApiError::InvalidRequest(format!("invalid field `status`: unknown status {s:?}"))
+            })
+        })
+        .transpose()?;
+    let created_after = q
+        .created_after
+        .as_deref()
+        .map(|s| {
+            parse_rfc3339(s).ok_or_else(|| {
+                ApiError::InvalidRequest("invalid field `created_after`: expected RFC 3339".into())
+            })
+        })
+        .transpose()?;
+    let page = PageQuery {
+        limit: q.limit,
+        cursor: q.cursor,
+    }
+    .to_request()?;
+    let filter = RunFilter {
+        status,
+        session_id: q.session_id,
+        agent: q.agent,
+        created_after,
+    };
+    let page = state
+        .store()
+        .list_runs(&principal.tenant, filter, page)
+        .await?;
+    Ok(Json(List {
+        data: page.items.iter().map(RunView::of).collect(),
+        next_cursor: page.next.as_ref().map(encode_cursor),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs",
+    responses((status = 200, body = RunView), (status = 404, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<RunView>, ApiError> {
+    principal.require(Scope::RunsRead)?;
+    let run = state
+        .store()
+        .get_run(&principal.tenant, &id)
+        .await?
+        .ok_or(ApiError::NotFound(Resource::Run))?;
+    Ok(Json(RunView::of(&run)))
+}
+
+/// How long cancel waits for a running run's worker to stop it.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
+
+/// Idempotent: a finished run is returned unchanged with 200.
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs",
+    responses((status = 200, body = RunView), (status = 404, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<RunView>, ApiError> {
+    principal.require(Scope::RunsWrite)?;
+    let store = state.store();
+    let mut sub = store.hub().subscribe(&id);
+    let run = store
+        .cancel_run(&principal.tenant, &id)
+        .await?
+        .ok_or(ApiError::NotFound(Resource::Run))?;
+    if run.status.is_terminal() {
+        return Ok(Json(RunView::of(&run)));
+    }
+    // A worker holds it: wait (bounded) for it to record the cancel.
+    let _ = tokio::time::timeout(CANCEL_WAIT, async {
+        loop {
+            match sub.recv().await {
+                Ok(HubMessage::Events(events)) if events.iter().any(|e| e.kind.is_terminal()) => {
+                    return;
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if let Ok(Some(r)) = store.get_run(&principal.tenant, &id).await {
+                        if r.status.is_terminal() {
+                            return;
+                        }
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+    let run = store
+        .get_run(&principal.tenant, &id)
+        .await?
+        .ok_or(ApiError::NotFound(Resource::Run))?;
+    Ok(Json(RunView::of(&run)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    /// `approve`, `reject` or `submit_input`.
+    pub action: SignalAction,
+    /// Picks one pending request; absent means all of them.
+    pub request_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Value>,
+}
+
+#[derive(Deserialize, ToSchema, Clone, Copy, Debug)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalAction {
+    Approve,
+    Reject,
+    SubmitInput,
+}
+
+/// Resumes a run that is `awaiting_input`; any other state is a 409.
+#[utoipa::path(post, path = "/v1/runs/{id}/signal", tag = "runs", request_body = SignalRequest,
+    responses((status = 200, body = RunView), (status = 409, description = "RUN_STATE_CONFLICT", body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn signal(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<SignalRequest>,
+) -> Result<Json<RunView>, ApiError> {
+    principal.require(Scope::SignalsWrite)?;
+    let run = state
+        .store()
+        .get_run(&principal.tenant, &id)
+        .await?
+        .ok_or(ApiError::NotFound(Resource::Run))?;
+    // No agent here pauses yet (tools and approval come later), so no run can
+    // be awaiting input; the state check is the whole contract for now.
+    tracing::debug!(run = %run.id, action = ?req.action, request = ?req.request_id,
+        has_payload = req.payload.is_some(), "signal refused: run is not awaiting input");
+    Err(ApiError::RunStateConflict(format!(
+        "run is {}, not awaiting_input",
+        run.status.as_str()
+    )))
+}

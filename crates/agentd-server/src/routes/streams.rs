@@ -1,0 +1,199 @@
+//! Reading a run's events: a page, the `run_event` SSE stream (seed 001), and
+//! the `run_updated` snapshot stream (seed 000).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::{Stream, StreamExt, stream};
+use serde::{Deserialize, Serialize};
+use tokio_stream::wrappers::ReceiverStream;
+use utoipa::ToSchema;
+
+use agentd_core::event::PublicEvent;
+
+use crate::AppState;
+use crate::auth::{Principal, Scope};
+use crate::error::{ApiError, Resource};
+use crate::extract::QueryParams;
+use crate::follow::follow;
+use crate::views::{MAX_PAGE, RunView};
+
+/// Heartbeat comments keep proxies from closing idle streams (DESIGN §3).
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// What clients are told to wait before reconnecting.
+const RETRY_HINT: Duration = Duration::from_secs(1);
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    after_seq: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// A page of events in seq order.
+#[derive(Serialize, ToSchema)]
+pub struct EventPage {
+    pub data: Vec<PublicEvent>,
+    /// Pass as `after_seq` for the next page; null when this page was the last so far.
+    pub next_cursor: Option<String>,
+}
+
+async fn run_exists(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<agentd_core::Run, ApiError> {
+    state
+        .store()
+        .get_run(&principal.tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound(Resource::Run))
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "events",
+    params(("after_seq" = Option<i64>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = EventPage), (status = 404, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn events_page(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<EventsQuery>,
+) -> Result<Json<EventPage>, ApiError> {
+    principal.require(Scope::RunsRead)?;
+    let limit = q.limit.unwrap_or(MAX_PAGE);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::InvalidRequest(
+            "invalid field `limit`: must be between 1 and 1000".into(),
+        ));
+    }
+    let after = q.after_seq.unwrap_or(0).max(0);
+    run_exists(&state, &principal, &id).await?;
+    let events = state
+        .store()
+        .events_after(&principal.tenant, &id, after, limit)
+        .await?;
+    let next_cursor = (events.len() == limit as usize)
+        .then(|| events.last().map(|e| e.seq.to_string()))
+        .flatten();
+    Ok(Json(EventPage {
+        data: events.iter().map(|e| e.to_public()).collect(),
+        next_cursor,
+    }))
+}
+
+/// Where a reconnecting client resumes: `Last-Event-ID` wins over `?after_seq=`.
+fn resume_point(headers: &HeaderMap, after_seq: Option<i64>) -> Result<i64, ApiError> {
+    if let Some(v) = headers.get("last-event-id") {
+        let seq = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|s| *s >= 0)
+            .ok_or_else(|| {
+                ApiError::InvalidRequest("invalid Last-Event-ID header: expected a seq".into())
+            })?;
+        return Ok(seq);
+    }
+    Ok(after_seq.unwrap_or(0).max(0))
+}
+
+fn sse<S>(events: S) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>>
+where
+    S: Stream<Item = SseEvent> + Send + 'static,
+{
+    let hello = SseEvent::default().retry(RETRY_HINT).comment("stream open");
+    Sse::new(stream::once(async move { hello }).chain(events).map(Ok))
+        .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
+}
+
+fn error_event(message: String) -> SseEvent {
+    SseEvent::default().event("error").data(
+        serde_json::json!({"error": message, "reason_code": "SERVICE_UNAVAILABLE"}).to_string(),
+    )
+}
+
+/// Every event of the run after the resume point, live, closing after the terminal one.
+#[utoipa::path(get, path = "/v1/runs/{id}/events/stream", tag = "events",
+    params(("after_seq" = Option<i64>, Query), ("Last-Event-ID" = Option<String>, Header)),
+    responses((status = 200, description = "text/event-stream of `run_event`s; `id:` is the seq", body = PublicEvent)),
+    security(("bearer" = [])))]
+pub async fn events_stream(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    principal.require(Scope::RunsRead)?;
+    let after = resume_point(&headers, q.after_seq)?;
+    run_exists(&state, &principal, &id).await?;
+    let rx = follow(
+        state.store().clone(),
+        principal.tenant,
+        id,
+        after,
+        state.streams_token(),
+    );
+    let events = ReceiverStream::new(rx).map(|item| match item {
+        Ok(e) => SseEvent::default()
+            .event("run_event")
+            .id(e.seq.to_string())
+            .data(serde_json::to_string(&e.to_public()).unwrap_or_default()),
+        Err(e) => error_event(e.to_string()),
+    });
+    Ok(sse(events))
+}
+
+/// Seed 000's stream: the run's snapshot at once, then one per status or step change.
+#[utoipa::path(get, path = "/v1/runs/{id}/stream", tag = "events",
+    responses((status = 200, description = "text/event-stream of `run_updated` snapshots", body = RunView)),
+    security(("bearer" = [])))]
+pub async fn run_updates(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    principal.require(Scope::RunsRead)?;
+    let run = run_exists(&state, &principal, &id).await?;
+    let snapshot = |run: &agentd_core::Run| {
+        SseEvent::default()
+            .event("run_updated")
+            .data(serde_json::to_string(&RunView::of(run)).unwrap_or_default())
+    };
+    let first = snapshot(&run);
+    if run.status.is_terminal() {
+        return Ok(sse(stream::iter([first]).boxed()));
+    }
+    let store = state.store().clone();
+    let tenant = principal.tenant.clone();
+    let rx = follow(
+        store.clone(),
+        principal.tenant,
+        id.clone(),
+        run.last_seq,
+        state.streams_token(),
+    );
+    let updates = ReceiverStream::new(rx).filter_map(move |item| {
+        let store = store.clone();
+        let tenant = tenant.clone();
+        let id = id.clone();
+        async move {
+            match item {
+                Ok(e) if e.kind.changes_snapshot() => match store.get_run(&tenant, &id).await {
+                    Ok(Some(run)) => Some(snapshot(&run)),
+                    Ok(None) => None,
+                    Err(e) => Some(error_event(e.to_string())),
+                },
+                Ok(_) => None,
+                Err(e) => Some(error_event(e.to_string())),
+            }
+        }
+    });
+    Ok(sse(stream::once(async move { first })
+        .chain(updates)
+        .boxed()))
+}

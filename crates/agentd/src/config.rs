@@ -1,0 +1,172 @@
+//! Configuration: `agentd.toml`, `AGENTD_*` variables and flags, in that
+//! order of increasing precedence (DESIGN §5), resolved into one [`Settings`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use agentd_engine::{AgentSpec, ModelSpec, Provider};
+use anyhow::{Context, bail};
+use clap::Args;
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "AGENTD_ADDR")]
+    pub addr: Option<String>,
+    /// Where the embedded store and generated secrets live.
+    #[arg(long, env = "AGENTD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The configuration file (default: ./agentd.toml when present).
+    #[arg(long, env = "AGENTD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// A PostgreSQL URL instead of the embedded SQLite store.
+    #[arg(long, env = "AGENTD_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// A file holding the admin token (else AGENTD_ADMIN_TOKEN).
+    #[arg(long, env = "AGENTD_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Sync every commit to disk (survive power loss, not only a crash).
+    #[arg(long, env = "AGENTD_FSYNC")]
+    pub fsync: Option<bool>,
+    /// Seconds in-flight steps get to finish at shutdown.
+    #[arg(long, env = "AGENTD_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+/// `agentd.toml`.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub worker: WorkerSection,
+    #[serde(default)]
+    pub models: IndexMap<String, ModelSpec>,
+    #[serde(default)]
+    pub agents: IndexMap<String, AgentSpec>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub addr: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub fsync: Option<bool>,
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+/// Worker tuning; the defaults suit one node.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    pub max_concurrent_runs: Option<usize>,
+    pub lease_ms: Option<i64>,
+    pub heartbeat_ms: Option<u64>,
+    pub poll_ms: Option<u64>,
+}
+
+/// Everything `serve` needs, resolved.
+#[derive(Debug)]
+pub struct Settings {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub fsync: bool,
+    pub shutdown_grace_secs: u64,
+    pub worker: WorkerSection,
+    pub models: IndexMap<String, ModelSpec>,
+    pub agents: IndexMap<String, AgentSpec>,
+}
+
+const DEFAULT_CONFIG: &str = "agentd.toml";
+
+impl Settings {
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Settings> {
+        let file = load_file(args.config.as_deref())?;
+        let addr_text = args
+            .addr
+            .or(file.server.addr)
+            .unwrap_or_else(|| "127.0.0.1:4000".to_owned());
+        let addr: SocketAddr = addr_text
+            .parse()
+            .with_context(|| format!("invalid listen address {addr_text:?}"))?;
+        let mut models = file.models;
+        if !models.contains_key("default") {
+            models.insert("default".into(), default_model());
+        }
+        let mut agents = file.agents;
+        if agents.is_empty() {
+            agents.insert("assistant".into(), default_agent());
+        }
+        Ok(Settings {
+            addr,
+            data_dir: args
+                .data_dir
+                .or(file.server.data_dir)
+                .unwrap_or_else(|| PathBuf::from(".agentd")),
+            database_url: args.database_url.or(file.server.database_url),
+            admin_token_file: args.admin_token_file.or(file.server.admin_token_file),
+            fsync: args.fsync.or(file.server.fsync).unwrap_or(false),
+            shutdown_grace_secs: args
+                .shutdown_grace_secs
+                .or(file.server.shutdown_grace_secs)
+                .unwrap_or(10),
+            worker: file.worker,
+            models,
+            agents,
+        })
+    }
+}
+
+fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    let (path, required) = match path {
+        Some(p) => (p.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(FileConfig::default());
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
+}
+
+/// With nothing configured: OpenAI's API with the key in `OPENAI_API_KEY`.
+fn default_model() -> ModelSpec {
+    ModelSpec {
+        provider: Provider::Openai,
+        base_url: Some("https://api.openai.com/v1".into()),
+        model: "gpt-4o-mini".into(),
+        api_key_env: Some("OPENAI_API_KEY".into()),
+        max_retries: 2,
+        retry_backoff_ms: 500,
+        idle_timeout_secs: 120,
+        temperature: None,
+    }
+}
+
+fn default_agent() -> AgentSpec {
+    toml::from_str(r#"instructions = "You are a helpful assistant.""#)
+        .expect("the built-in agent parses")
+}
+
+/// Refuses a database URL this build cannot serve.
+pub fn check_database_url(url: Option<&str>) -> anyhow::Result<()> {
+    match url {
+        None => Ok(()),
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            bail!(
+                "the PostgreSQL store is not available in this build yet; omit --database-url to use the embedded SQLite store"
+            )
+        }
+        Some(u) => bail!("unsupported database URL {u:?}: expected postgres://…"),
+    }
+}

@@ -1,0 +1,152 @@
+//! `agentd serve`: open the store, start the workers, serve HTTP, and stop
+//! cleanly on SIGTERM / Ctrl-C.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentd_engine::{AgentCatalog, Engine, EngineConfig};
+use agentd_server::{AdminToken, AppState, ServerConfig};
+use agentd_store::Store;
+use agentd_store::sqlite::{SqliteConfig, SqliteStore};
+use anyhow::{Context, bail};
+use rand::RngCore;
+
+use crate::config::{ServeArgs, Settings, check_database_url};
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let settings = Settings::resolve(args)?;
+    check_database_url(settings.database_url.as_deref())?;
+    let catalog = AgentCatalog::new(&settings.models, &settings.agents)?;
+    let admin = admin_token(&settings)?;
+
+    let store = SqliteStore::open(&SqliteConfig {
+        data_dir: settings.data_dir.clone(),
+        fsync: settings.fsync,
+    })
+    .await?;
+    let store: Arc<dyn Store> = Arc::new(store);
+
+    let mut engine_config = EngineConfig::new(agentd_core::new_id("wkr"));
+    let w = &settings.worker;
+    engine_config.max_concurrent_runs = w
+        .max_concurrent_runs
+        .unwrap_or(engine_config.max_concurrent_runs);
+    engine_config.lease_ms = w.lease_ms.unwrap_or(engine_config.lease_ms);
+    engine_config.heartbeat_ms = w.heartbeat_ms.unwrap_or(engine_config.heartbeat_ms);
+    engine_config.poll_ms = w.poll_ms.unwrap_or(engine_config.poll_ms);
+    let engine = Engine::start(store.clone(), engine_config);
+
+    let state = AppState::new(
+        store,
+        catalog,
+        ServerConfig {
+            admin_token: admin,
+            store_kind: "sqlite",
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.addr))?;
+    let local = listener.local_addr()?;
+    // Tests and scripts read this line to find an ephemeral port.
+    println!("agentd listening on http://{local}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(addr = %local, ready_ms = started.elapsed().as_millis() as u64, "agentd ready");
+
+    let app = agentd_server::router(state.clone());
+    let drain = state.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                drain.begin_drain();
+            })
+            .await
+    });
+    // The server task ends only after the signal (or on a fatal error).
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    state.begin_drain();
+    engine
+        .shutdown(Duration::from_secs(settings.shutdown_grace_secs))
+        .await;
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Ok(()))) | Err(_) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `AGENTD_ADMIN_TOKEN`, else `--admin-token-file`, else — on a loopback bind
+/// only — a token generated once into `<data-dir>/admin-token` (0600).
+fn admin_token(settings: &Settings) -> anyhow::Result<AdminToken> {
+    if let Ok(token) = std::env::var("AGENTD_ADMIN_TOKEN") {
+        if token.trim().len() < 16 {
+            bail!("AGENTD_ADMIN_TOKEN must be at least 16 characters");
+        }
+        return Ok(AdminToken::new(token.trim()));
+    }
+    if let Some(path) = &settings.admin_token_file {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read admin token file {}", path.display()))?;
+        if token.trim().len() < 16 {
+            bail!(
+                "the admin token in {} must be at least 16 characters",
+                path.display()
+            );
+        }
+        return Ok(AdminToken::new(token.trim()));
+    }
+    if !settings.addr.ip().is_loopback() {
+        bail!(
+            "refusing to listen on non-loopback {} without an admin token: set AGENTD_ADMIN_TOKEN or --admin-token-file",
+            settings.addr
+        );
+    }
+    let path = settings.data_dir.join("admin-token");
+    let token = read_or_generate(&path)?;
+    eprintln!(
+        "admin token: {} (use it as `Authorization: Bearer <token>`)",
+        path.display()
+    );
+    Ok(AdminToken::new(&token))
+}
+
+fn read_or_generate(path: &Path) -> anyhow::Result<String> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        if existing.trim().len() >= 16 {
+            return Ok(existing.trim().to_owned());
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let token = format!("agentd_admin_{}", hex::encode(bytes));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(token.as_bytes())?;
+    Ok(token)
+}
