@@ -1,0 +1,7 @@
+//! End-to-end tests: a real `agentd serve` process against a fake
+//! OpenAI-compatible upstream, driven over HTTP and SSE.
+
+mod api;
+mod durability;
+mod streaming;
+mod support;
