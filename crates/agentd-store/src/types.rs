@@ -48,7 +48,7 @@ pub struct NewRun {
 
 #[derive(Clone, Debug)]
 pub enum CreateRunOutcome {
-    Created(Run),
+    Created(Box<Run>),
     /// The key was seen before with the same request: the original answer.
     Replayed {
         status: u16,

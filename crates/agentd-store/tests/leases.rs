@@ -7,13 +7,18 @@ use agentd_core::event::payload::content_delta;
 use agentd_core::time::now_millis;
 use agentd_core::{EventType, Run, RunStatus, RunTransition, TenantId, Usage, new_id};
 use agentd_store::sqlite::{SqliteConfig, SqliteStore};
-use agentd_store::{ClaimRequest, CreateRunOutcome, NewRun, NewSession, RunUpdate, SessionTarget, Store, StoreError};
+use agentd_store::{
+    ClaimRequest, CreateRunOutcome, NewRun, NewSession, RunUpdate, SessionTarget, Store, StoreError,
+};
 use serde_json::json;
 
 async fn open(dir: &std::path::Path) -> SqliteStore {
-    SqliteStore::open(&SqliteConfig { data_dir: dir.to_path_buf(), fsync: false })
-        .await
-        .expect("store opens")
+    SqliteStore::open(&SqliteConfig {
+        data_dir: dir.to_path_buf(),
+        fsync: false,
+    })
+    .await
+    .expect("store opens")
 }
 
 fn queued_run(tenant: &TenantId, session: &str) -> Run {
@@ -52,14 +57,26 @@ async fn create(store: &SqliteStore, tenant: &TenantId) -> Run {
         metadata: json!({}),
         created_at: run.created_at,
     });
-    match store.create_run(NewRun { run, session, idempotency: None }).await.unwrap() {
-        CreateRunOutcome::Created(r) => r,
+    match store
+        .create_run(NewRun {
+            run,
+            session,
+            idempotency: None,
+        })
+        .await
+        .unwrap()
+    {
+        CreateRunOutcome::Created(r) => *r,
         other => panic!("{other:?}"),
     }
 }
 
 fn claim(owner: &str, lease_ms: i64) -> ClaimRequest {
-    ClaimRequest { owner: Arc::from(owner), max: 10, lease_ms }
+    ClaimRequest {
+        owner: Arc::from(owner),
+        max: 10,
+        lease_ms,
+    }
 }
 
 #[tokio::test]
@@ -73,7 +90,10 @@ async fn a_worker_whose_lease_was_taken_over_cannot_write() {
     let a = store.claim_runs(claim("worker-a", -1)).await.unwrap();
     assert_eq!(a.len(), 1);
     let lease_a = a[0].lease.clone();
-    store.append(&lease_a, vec![content_delta("s", 1, "from A")], None).await.unwrap();
+    store
+        .append(&lease_a, vec![content_delta("s", 1, "from A")], None)
+        .await
+        .unwrap();
 
     // B finds the lapsed lease and recovers the run.
     let b = store.claim_runs(claim("worker-b", 60_000)).await.unwrap();
@@ -82,10 +102,17 @@ async fn a_worker_whose_lease_was_taken_over_cannot_write() {
     assert!(b[0].lease.epoch() > lease_a.epoch());
 
     // A's writes now match nothing.
-    let err = store.append(&lease_a, vec![content_delta("s", 1, "late A")], None).await.unwrap_err();
+    let err = store
+        .append(&lease_a, vec![content_delta("s", 1, "late A")], None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost), "{err:?}");
     let err = store
-        .append(&lease_a, vec![], Some(RunUpdate::new(RunTransition::Succeed)))
+        .append(
+            &lease_a,
+            vec![],
+            Some(RunUpdate::new(RunTransition::Succeed)),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost));
@@ -96,14 +123,21 @@ async fn a_worker_whose_lease_was_taken_over_cannot_write() {
     store.append(&b[0].lease, vec![], Some(done)).await.unwrap();
     let events = store.events_after(&tenant, &run.id, 0, 100).await.unwrap();
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=events.len() as i64).collect::<Vec<_>>(), "gapless");
+    assert_eq!(
+        seqs,
+        (1..=events.len() as i64).collect::<Vec<_>>(),
+        "gapless"
+    );
     assert!(events.iter().all(|e| e.value["content_delta"] != "late A"));
     assert!(events.iter().any(|e| e.kind == EventType::WorkerRecovered));
     let stored = store.get_run(&tenant, &run.id).await.unwrap().unwrap();
     assert_eq!(stored.status, RunStatus::Succeeded);
 
     // Terminal is final: even the holder's lease no longer writes.
-    let err = store.append(&b[0].lease, vec![content_delta("s", 2, "after")], None).await.unwrap_err();
+    let err = store
+        .append(&b[0].lease, vec![content_delta("s", 2, "after")], None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost));
 }
 
@@ -115,7 +149,11 @@ async fn illegal_transitions_are_refused_and_change_nothing() {
     let run = create(&store, &tenant).await;
     let claimed = store.claim_runs(claim("w", 60_000)).await.unwrap();
     let err = store
-        .append(&claimed[0].lease, vec![content_delta("s", 1, "x")], Some(RunUpdate::new(RunTransition::Resume)))
+        .append(
+            &claimed[0].lease,
+            vec![content_delta("s", 1, "x")],
+            Some(RunUpdate::new(RunTransition::Resume)),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::IllegalTransition(_)), "{err:?}");
@@ -132,15 +170,31 @@ async fn tenants_do_not_see_each_other() {
     let b = TenantId::parse("b").unwrap();
     let run = create(&store, &a).await;
     assert!(store.get_run(&b, &run.id).await.unwrap().is_none());
-    assert!(store.events_after(&b, &run.id, 0, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .events_after(&b, &run.id, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.cancel_run(&b, &run.id).await.unwrap().is_none());
-    assert_eq!(store.get_run(&a, &run.id).await.unwrap().unwrap().status, RunStatus::Queued);
+    assert_eq!(
+        store.get_run(&a, &run.id).await.unwrap().unwrap().status,
+        RunStatus::Queued
+    );
 }
 
 #[tokio::test]
 async fn one_process_per_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let _first = open(dir.path()).await;
-    let second = SqliteStore::open(&SqliteConfig { data_dir: dir.path().to_path_buf(), fsync: false }).await;
-    assert!(matches!(second, Err(agentd_store::sqlite::OpenError::Locked(_))));
+    let second = SqliteStore::open(&SqliteConfig {
+        data_dir: dir.path().to_path_buf(),
+        fsync: false,
+    })
+    .await;
+    assert!(matches!(
+        second,
+        Err(agentd_store::sqlite::OpenError::Locked(_))
+    ));
 }

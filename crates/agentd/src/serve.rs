@@ -129,10 +129,10 @@ fn admin_token(settings: &Settings) -> anyhow::Result<AdminToken> {
 }
 
 fn read_or_generate(path: &Path) -> anyhow::Result<String> {
-    if let Ok(existing) = std::fs::read_to_string(path) {
-        if existing.trim().len() >= 16 {
-            return Ok(existing.trim().to_owned());
-        }
+    if let Ok(existing) = std::fs::read_to_string(path)
+        && existing.trim().len() >= 16
+    {
+        return Ok(existing.trim().to_owned());
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -144,10 +144,8 @@ async fn chat(State(shared): State<Shared>, body: Bytes) -> Response {
                 .into_response();
         }
     };
-    if shared.record {
-        if let Ok(mut r) = shared.requests.lock() {
-            r.push(request.clone());
-        }
+    if let (true, Ok(mut r)) = (shared.record, shared.requests.lock()) {
+        r.push(request.clone());
     }
     let b = &shared.behavior;
     if b.fail_next

@@ -108,10 +108,10 @@ fn user_message_from_items(items: &[Value], content: Option<&str>) -> Result<Str
             parts.push(item.to_string());
         }
     }
-    if parts.is_empty() {
-        if let Some(c) = content.filter(|c| !c.trim().is_empty()) {
-            parts.push(c.to_owned());
-        }
+    if parts.is_empty()
+        && let Some(c) = content.filter(|c| !c.trim().is_empty())
+    {
+        parts.push(c.to_owned());
     }
     if parts.is_empty() {
         return Err(ApiError::InvalidRequest(
@@ -196,12 +196,12 @@ pub async fn create(
             ));
         }
     };
-    if let Some(id) = &body.session_id {
-        if !agentd_core::ids::is_valid_client_id(id) {
-            return Err(ApiError::InvalidRequest(
-                "invalid field `session_id`".into(),
-            ));
-        }
+    if let Some(id) = &body.session_id
+        && !agentd_core::ids::is_valid_client_id(id)
+    {
+        return Err(ApiError::InvalidRequest(
+            "invalid field `session_id`".into(),
+        ));
     }
     let spec = RunSpec {
         session: body.session_id,
@@ -421,10 +421,10 @@ pub async fn cancel(
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    if let Ok(Some(r)) = store.get_run(&principal.tenant, &id).await {
-                        if r.status.is_terminal() {
-                            return;
-                        }
+                    if let Ok(Some(r)) = store.get_run(&principal.tenant, &id).await
+                        && r.status.is_terminal()
+                    {
+                        return;
                     }
                 }
                 Err(_) => return,

@@ -240,7 +240,7 @@ pub(crate) fn create_run<'c>(
         stored.last_seq = events.len() as i64;
         debug_assert_eq!(stored.last_seq, crate::CREATION_EVENTS);
         Ok(Applied {
-            value: Ok(CreateRunOutcome::Created(stored)),
+            value: Ok(CreateRunOutcome::Created(Box::new(stored))),
             events,
             wake_workers: true,
             controls: Vec::new(),

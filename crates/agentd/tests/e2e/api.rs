@@ -12,10 +12,14 @@ async fn seed_000_flow_as_written() {
     let d = Daemon::start(&fake).await;
     let api = d.api();
 
-    let s = api.post("/v1/sessions", &json!({"session_id": "demo"})).await;
+    let s = api
+        .post("/v1/sessions", &json!({"session_id": "demo"}))
+        .await;
     assert_eq!(s.status, 201, "{:?}", s.body);
     assert_eq!(s.body["id"], "demo");
-    let dup = api.post("/v1/sessions", &json!({"session_id": "demo"})).await;
+    let dup = api
+        .post("/v1/sessions", &json!({"session_id": "demo"}))
+        .await;
     assert_eq!(dup.status, 409);
     assert_eq!(dup.reason(), "SESSION_EXISTS");
 
@@ -37,7 +41,11 @@ async fn seed_000_flow_as_written() {
     assert_eq!(got.status, 200);
     assert_eq!(got.body["session_id"], "demo");
 
-    let msgs = api.sse(&format!("/v1/runs/{run_id}/stream"), &[]).await.collect().await;
+    let msgs = api
+        .sse(&format!("/v1/runs/{run_id}/stream"), &[])
+        .await
+        .collect()
+        .await;
     assert!(!msgs.is_empty());
     assert!(msgs.iter().all(|m| m.event == "run_updated"));
     assert!(msgs[0].data["status"].is_string(), "snapshot first");
@@ -47,11 +55,21 @@ async fn seed_000_flow_as_written() {
 
     // The model saw the user's text.
     let seen = fake.requests();
-    let user = seen.last().unwrap()["messages"].as_array().unwrap().last().unwrap().clone();
+    let user = seen.last().unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(user["content"], "Reply with exactly WEB_OK.");
 
     let history = api.get("/v1/sessions/demo/messages").await;
-    let roles: Vec<_> = history.body["data"].as_array().unwrap().iter().map(|m| m["role"].clone()).collect();
+    let roles: Vec<_> = history.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].clone())
+        .collect();
     assert_eq!(roles, vec![json!("user"), json!("assistant")]);
 }
 
@@ -62,17 +80,39 @@ async fn seed_001_flow_as_written() {
     let api = d.api();
 
     let created = api
-        .post_idem("/v1/runs", "key-1", &json!({"input": {"user_query": "Summarize the key findings"}, "metadata": {}}))
+        .post_idem(
+            "/v1/runs",
+            "key-1",
+            &json!({"input": {"user_query": "Summarize the key findings"}, "metadata": {}}),
+        )
         .await;
     assert_eq!(created.status, 201, "{:?}", created.body);
     assert_eq!(created.body["status"], "queued");
-    assert!(created.body["request_id"].as_str().unwrap().starts_with("req_"));
+    assert!(
+        created.body["request_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("req_")
+    );
     let id = created.body["id"].as_str().unwrap().to_owned();
 
-    let msgs = api.sse(&format!("/v1/runs/{id}/events/stream"), &[]).await.collect().await;
+    let msgs = api
+        .sse(&format!("/v1/runs/{id}/events/stream"), &[])
+        .await
+        .collect()
+        .await;
     assert_gapless(&msgs, 1);
     let t = types(&msgs);
-    assert_eq!(&t[..5], ["run.created", "run.queued", "run.worker.started", "step.started", "step.progress"]);
+    assert_eq!(
+        &t[..5],
+        [
+            "run.created",
+            "run.queued",
+            "run.worker.started",
+            "step.started",
+            "step.progress"
+        ]
+    );
     assert_eq!(t[t.len() - 2..], ["step.done", "run.worker.succeeded"]);
     for m in &msgs {
         assert_eq!(m.data["payload"]["redacted"], false);
@@ -89,8 +129,15 @@ async fn seed_001_flow_as_written() {
     assert_eq!(run.body["last_seq"], msgs.len() as i64);
 
     // The page endpoint returns the same events.
-    let page = api.get(&format!("/v1/runs/{id}/events?after_seq=2&limit=3")).await;
-    let seqs: Vec<i64> = page.body["data"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    let page = api
+        .get(&format!("/v1/runs/{id}/events?after_seq=2&limit=3"))
+        .await;
+    let seqs: Vec<i64> = page.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
     assert_eq!(seqs, [3, 4, 5]);
     assert_eq!(page.body["next_cursor"], "5");
 }
@@ -108,15 +155,34 @@ async fn idempotent_create_replays_and_refuses_mismatch() {
     // Same object, other key order: a replay of the original answer.
     let reordered = r#"{"metadata": {"b": 2, "a": 1}, "input": {"n": [1, 2], "user_query": "q"}}"#;
     let again = api
-        .post_raw("/v1/runs", reordered, &[("idempotency-key", "same"), ("content-type", "application/json")])
+        .post_raw(
+            "/v1/runs",
+            reordered,
+            &[
+                ("idempotency-key", "same"),
+                ("content-type", "application/json"),
+            ],
+        )
         .await;
     assert_eq!(again.status, 201);
     assert_eq!(again.body["replayed"], true);
     assert_eq!(again.body["id"], first.body["id"]);
-    assert_eq!(again.body["request_id"], first.body["request_id"], "the original request id inside");
-    assert_ne!(again.headers["x-request-id"], first.headers["x-request-id"], "a fresh header");
+    assert_eq!(
+        again.body["request_id"], first.body["request_id"],
+        "the original request id inside"
+    );
+    assert_ne!(
+        again.headers["x-request-id"], first.headers["x-request-id"],
+        "a fresh header"
+    );
 
-    let other = api.post_idem("/v1/runs", "same", &json!({"input": {"user_query": "different"}})).await;
+    let other = api
+        .post_idem(
+            "/v1/runs",
+            "same",
+            &json!({"input": {"user_query": "different"}}),
+        )
+        .await;
     assert_eq!(other.status, 409);
     assert_eq!(other.reason(), "IDEMPOTENCY_KEY_REUSED");
 
@@ -125,9 +191,13 @@ async fn idempotent_create_replays_and_refuses_mismatch() {
     assert_eq!(missing.reason(), "IDEMPOTENCY_KEY_REQUIRED");
 
     // A validation failure is not remembered: the key stays free.
-    let bad = api.post_idem("/v1/runs", "fresh", &json!({"input": 5})).await;
+    let bad = api
+        .post_idem("/v1/runs", "fresh", &json!({"input": 5}))
+        .await;
     assert_eq!(bad.status, 400);
-    let good = api.post_idem("/v1/runs", "fresh", &json!({"input": {"user_query": "ok"}})).await;
+    let good = api
+        .post_idem("/v1/runs", "fresh", &json!({"input": {"user_query": "ok"}}))
+        .await;
     assert_eq!(good.status, 201);
 }
 
@@ -151,7 +221,13 @@ async fn twenty_concurrent_identical_requests_create_one_run() {
         })
         .collect();
     assert_eq!(ids.len(), 1);
-    assert_eq!(replies.iter().filter(|r| r.body.get("replayed").is_none()).count(), 1);
+    assert_eq!(
+        replies
+            .iter()
+            .filter(|r| r.body.get("replayed").is_none())
+            .count(),
+        1
+    );
     let all = api.get("/v1/runs?limit=100").await;
     assert_eq!(all.body["data"].as_array().unwrap().len(), 1);
 }
@@ -161,37 +237,90 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let fake = FakeUpstream::start().await;
     let d = Daemon::start(&fake).await;
     let api = d.api();
-    let json_headers = [("idempotency-key", "x"), ("content-type", "application/json")];
+    let json_headers = [
+        ("idempotency-key", "x"),
+        ("content-type", "application/json"),
+    ];
 
-    let malformed = api.post_raw("/v1/runs", "{\"input\": ", &json_headers).await;
-    assert_eq!((malformed.status, malformed.reason()), (400, "INVALID_REQUEST"));
+    let malformed = api
+        .post_raw("/v1/runs", "{\"input\": ", &json_headers)
+        .await;
+    assert_eq!(
+        (malformed.status, malformed.reason()),
+        (400, "INVALID_REQUEST")
+    );
 
-    let wrong_type = api.post_idem("/v1/runs", "x", &json!({"input": {"user_query": "q"}, "metadata": 7})).await;
+    let wrong_type = api
+        .post_idem(
+            "/v1/runs",
+            "x",
+            &json!({"input": {"user_query": "q"}, "metadata": 7}),
+        )
+        .await;
     assert_eq!(wrong_type.status, 400);
-    assert!(wrong_type.body["error"].as_str().unwrap().contains("metadata"), "{:?}", wrong_type.body);
+    assert!(
+        wrong_type.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("metadata"),
+        "{:?}",
+        wrong_type.body
+    );
 
-    let unknown_field = api.post_idem("/v1/runs", "x", &json!({"input": {}, "inptu": 1})).await;
+    let unknown_field = api
+        .post_idem("/v1/runs", "x", &json!({"input": {}, "inptu": 1}))
+        .await;
     assert_eq!(unknown_field.status, 400);
-    assert!(unknown_field.body["error"].as_str().unwrap().contains("inptu"));
+    assert!(
+        unknown_field.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("inptu")
+    );
 
     let wrong_item = api.post("/v1/sessions", &json!({"session_id": "s"})).await;
     assert_eq!(wrong_item.status, 201);
-    let r = api.post("/v1/sessions/s/runs", &json!({"input_items": [{"type": "text", "text": 3}]})).await;
+    let r = api
+        .post(
+            "/v1/sessions/s/runs",
+            &json!({"input_items": [{"type": "text", "text": 3}]}),
+        )
+        .await;
     assert_eq!(r.status, 400);
-    assert!(r.body["error"].as_str().unwrap().contains("input_items[0].text"));
-    let empty = api.post("/v1/sessions/s/runs", &json!({"input_items": []})).await;
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("input_items[0].text")
+    );
+    let empty = api
+        .post("/v1/sessions/s/runs", &json!({"input_items": []}))
+        .await;
     assert_eq!(empty.status, 400);
 
-    let big = format!("{{\"input\": {{\"user_query\": \"{}\"}}}}", "a".repeat(2 * 1024 * 1024));
+    let big = format!(
+        "{{\"input\": {{\"user_query\": \"{}\"}}}}",
+        "a".repeat(2 * 1024 * 1024)
+    );
     let too_big = api.post_raw("/v1/runs", big, &json_headers).await;
-    assert_eq!((too_big.status, too_big.reason()), (413, "PAYLOAD_TOO_LARGE"));
+    assert_eq!(
+        (too_big.status, too_big.reason()),
+        (413, "PAYLOAD_TOO_LARGE")
+    );
 
-    for path in ["/v1/runs/run_nope", "/v1/runs/run_nope/events", "/v1/sessions/nope", "/v1/sessions/nope/messages"] {
+    for path in [
+        "/v1/runs/run_nope",
+        "/v1/runs/run_nope/events",
+        "/v1/sessions/nope",
+        "/v1/sessions/nope/messages",
+    ] {
         let r = api.get(path).await;
         assert_eq!(r.status, 404, "{path}");
         r.reason();
     }
-    let r = api.post("/v1/sessions/nope/runs", &json!({"content": "hi"})).await;
+    let r = api
+        .post("/v1/sessions/nope/runs", &json!({"content": "hi"}))
+        .await;
     assert_eq!((r.status, r.reason()), (404, "SESSION_NOT_FOUND"));
     let r = api.post("/v1/runs/run_nope/cancel", &json!({})).await;
     assert_eq!((r.status, r.reason()), (404, "RUN_NOT_FOUND"));
@@ -202,14 +331,28 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!((r.status, r.reason()), (400, "INVALID_REQUEST"));
     let r = api.get("/v1/runs?status=sleeping").await;
     assert_eq!(r.status, 400);
-    let r = api.post("/v1/sessions", &json!({"session_id": "has/slash"})).await;
+    let r = api
+        .post("/v1/sessions", &json!({"session_id": "has/slash"}))
+        .await;
     assert_eq!(r.status, 400);
     let r = api.post("/v1/sessions", &json!({"agent": "nobody"})).await;
     assert_eq!((r.status, r.reason()), (400, "AGENT_NOT_FOUND"));
 
     // Nothing above created a run, and only the one session exists.
-    assert_eq!(api.get("/v1/runs").await.body["data"].as_array().unwrap().len(), 0);
-    assert_eq!(api.get("/v1/sessions").await.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        api.get("/v1/runs").await.body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        api.get("/v1/sessions").await.body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(fake.requests().is_empty());
 }
 
@@ -224,7 +367,11 @@ async fn admin_token_is_required() {
     assert_eq!(wrong.body["error"], "Invalid API key");
     // Probes need no credentials.
     for path in ["/health", "/health/ready", "/api/info", "/openapi.json"] {
-        assert_eq!(d.api().without_token().get(path).await.status, 200, "{path}");
+        assert_eq!(
+            d.api().without_token().get(path).await.status,
+            200,
+            "{path}"
+        );
     }
     // The tenant header must name a valid tenant; another tenant sees nothing.
     let id = d.api().start_run("mine").await;
@@ -246,16 +393,38 @@ async fn sessions_list_page_and_delete() {
     let d = Daemon::start(&fake).await;
     let api = d.api();
     for i in 0..5 {
-        assert_eq!(api.post("/v1/sessions", &json!({"session_id": format!("s{i}")})).await.status, 201);
+        assert_eq!(
+            api.post("/v1/sessions", &json!({"session_id": format!("s{i}")}))
+                .await
+                .status,
+            201
+        );
     }
     let p1 = api.get("/v1/sessions?limit=2").await;
-    let ids: Vec<_> = p1.body["data"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<_> = p1.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids, ["s4", "s3"], "newest first");
     let cursor = p1.body["next_cursor"].as_str().unwrap();
-    let p2 = api.get(&format!("/v1/sessions?limit=2&cursor={cursor}")).await;
-    let ids: Vec<_> = p2.body["data"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect();
+    let p2 = api
+        .get(&format!("/v1/sessions?limit=2&cursor={cursor}"))
+        .await;
+    let ids: Vec<_> = p2.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids, ["s2", "s1"]);
-    let p3 = api.get(&format!("/v1/sessions?limit=2&cursor={}", p2.body["next_cursor"].as_str().unwrap())).await;
+    let p3 = api
+        .get(&format!(
+            "/v1/sessions?limit=2&cursor={}",
+            p2.body["next_cursor"].as_str().unwrap()
+        ))
+        .await;
     assert_eq!(p3.body["data"].as_array().unwrap().len(), 1);
     assert!(p3.body["next_cursor"].is_null());
     assert_eq!(api.get("/v1/sessions?cursor=%%%").await.status, 400);
@@ -270,13 +439,22 @@ async fn sessions_list_page_and_delete() {
 async fn deleting_a_session_cancels_its_runs() {
     let fake = FakeUpstream::start().await;
     fake.behavior().set_tokens(500);
-    fake.behavior().set_delay(std::time::Duration::from_millis(20));
+    fake.behavior()
+        .set_delay(std::time::Duration::from_millis(20));
     let d = Daemon::start(&fake).await;
     let api = d.api();
-    api.post("/v1/sessions", &json!({"session_id": "busy"})).await;
-    let a = api.post("/v1/sessions/busy/runs", &json!({"content": "one"})).await;
-    let b = api.post("/v1/sessions/busy/runs", &json!({"content": "two"})).await;
-    let (a, b) = (a.body["id"].as_str().unwrap().to_owned(), b.body["id"].as_str().unwrap().to_owned());
+    api.post("/v1/sessions", &json!({"session_id": "busy"}))
+        .await;
+    let a = api
+        .post("/v1/sessions/busy/runs", &json!({"content": "one"}))
+        .await;
+    let b = api
+        .post("/v1/sessions/busy/runs", &json!({"content": "two"}))
+        .await;
+    let (a, b) = (
+        a.body["id"].as_str().unwrap().to_owned(),
+        b.body["id"].as_str().unwrap().to_owned(),
+    );
     // Wait until the first is streaming, so both a running and a queued run are cancelled.
     let mut s = api.sse(&format!("/v1/runs/{a}/events/stream"), &[]).await;
     while let Some(m) = s.next().await {
@@ -311,8 +489,15 @@ async fn health_info_agents_and_openapi() {
     assert!(doc.body["openapi"].as_str().unwrap().starts_with("3.1"));
     let paths = doc.body["paths"].as_object().unwrap();
     for p in [
-        "/v1/runs", "/v1/runs/{id}", "/v1/runs/{id}/events/stream", "/v1/runs/{id}/stream",
-        "/v1/runs/{id}/cancel", "/v1/sessions", "/v1/sessions/{id}/runs", "/v1/agents", "/health",
+        "/v1/runs",
+        "/v1/runs/{id}",
+        "/v1/runs/{id}/events/stream",
+        "/v1/runs/{id}/stream",
+        "/v1/runs/{id}/cancel",
+        "/v1/sessions",
+        "/v1/sessions/{id}/runs",
+        "/v1/agents",
+        "/health",
     ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }

@@ -35,15 +35,24 @@ async fn kill_9_mid_stream_recovers_and_resumes_without_gap() {
 
     let last = before.last().unwrap().id.clone();
     let after = api
-        .sse(&format!("/v1/runs/{id}/events/stream"), &[("last-event-id", &last)])
+        .sse(
+            &format!("/v1/runs/{id}/events/stream"),
+            &[("last-event-id", &last)],
+        )
         .await
         .collect()
         .await;
-    let after: Vec<_> = after.into_iter().filter(|m| m.event == "run_event").collect();
+    let after: Vec<_> = after
+        .into_iter()
+        .filter(|m| m.event == "run_event")
+        .collect();
     let all: Vec<_> = before.iter().cloned().chain(after).collect();
     assert_gapless(&all, 1);
     let t = types(&all);
-    let recovered = t.iter().position(|t| t == "run.worker.recovered").expect("recovered event");
+    let recovered = t
+        .iter()
+        .position(|t| t == "run.worker.recovered")
+        .expect("recovered event");
     // The orphaned attempt is closed with retry_step before recovery is announced.
     let done = &all[recovered - 1].data["payload"]["value"];
     assert_eq!(all[recovered - 1].data["type"], "step.done");
@@ -60,8 +69,17 @@ async fn kill_9_mid_stream_recovers_and_resumes_without_gap() {
     let run = api.get(&format!("/v1/runs/{id}")).await;
     assert_eq!(run.body["status"], "succeeded");
     assert_eq!(run.body["output"]["text"], expected);
-    let history = api.get(&format!("/v1/sessions/{}/messages", run.body["session_id"].as_str().unwrap())).await;
-    assert_eq!(history.body["data"].as_array().unwrap().len(), 2, "the turn is recorded once");
+    let history = api
+        .get(&format!(
+            "/v1/sessions/{}/messages",
+            run.body["session_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        history.body["data"].as_array().unwrap().len(),
+        2,
+        "the turn is recorded once"
+    );
 }
 
 #[tokio::test]
@@ -71,19 +89,30 @@ async fn upstream_failing_twice_then_succeeding_retries_the_step() {
     let d = Daemon::start(&fake).await;
     let api = d.api();
     let id = api.start_run("flaky").await;
-    let msgs = api.sse(&format!("/v1/runs/{id}/events/stream"), &[]).await.collect().await;
+    let msgs = api
+        .sse(&format!("/v1/runs/{id}/events/stream"), &[])
+        .await
+        .collect()
+        .await;
     assert_gapless(&msgs, 1);
     let done: Vec<_> = msgs
         .iter()
         .filter(|m| m.data["type"] == "step.done")
         .map(|m| {
             let v = &m.data["payload"]["value"];
-            (v["attempt"].as_u64().unwrap(), v["outcome"].as_str().unwrap().to_owned())
+            (
+                v["attempt"].as_u64().unwrap(),
+                v["outcome"].as_str().unwrap().to_owned(),
+            )
         })
         .collect();
     assert_eq!(
         done,
-        [(1, "retry_step".to_owned()), (2, "retry_step".to_owned()), (3, "succeeded".to_owned())]
+        [
+            (1, "retry_step".to_owned()),
+            (2, "retry_step".to_owned()),
+            (3, "succeeded".to_owned())
+        ]
     );
     let run = api.get(&format!("/v1/runs/{id}")).await;
     assert_eq!(run.body["status"], "succeeded");
@@ -97,14 +126,26 @@ async fn upstream_always_failing_fails_the_run_with_a_reason() {
     let d = Daemon::start(&fake).await;
     let api = d.api();
     let id = api.start_run("doomed").await;
-    let msgs = api.sse(&format!("/v1/runs/{id}/events/stream"), &[]).await.collect().await;
+    let msgs = api
+        .sse(&format!("/v1/runs/{id}/events/stream"), &[])
+        .await
+        .collect()
+        .await;
     let last = msgs.last().unwrap();
     assert_eq!(last.data["type"], "run.worker.failed");
-    assert_eq!(last.data["payload"]["value"]["reason_code"], "UPSTREAM_UNAVAILABLE");
+    assert_eq!(
+        last.data["payload"]["value"]["reason_code"],
+        "UPSTREAM_UNAVAILABLE"
+    );
     let outcomes: Vec<_> = msgs
         .iter()
         .filter(|m| m.data["type"] == "step.done")
-        .map(|m| m.data["payload"]["value"]["outcome"].as_str().unwrap().to_owned())
+        .map(|m| {
+            m.data["payload"]["value"]["outcome"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(outcomes, ["retry_step", "retry_step", "fail_run"]);
     let run = api.get(&format!("/v1/runs/{id}")).await;
@@ -142,10 +183,24 @@ async fn sigterm_lets_in_flight_runs_finish() {
     let mut d = status.1;
     d.restart().await;
     let run = d.api().get(&format!("/v1/runs/{id}")).await;
-    assert_eq!(run.body["status"], "succeeded", "finished within the grace period");
-    let events = d.api().get(&format!("/v1/runs/{id}/events?limit=1000")).await;
-    let t: Vec<_> = events.body["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
-    assert!(!t.contains(&"run.worker.recovered".to_owned()), "no recovery needed: {t:?}");
+    assert_eq!(
+        run.body["status"], "succeeded",
+        "finished within the grace period"
+    );
+    let events = d
+        .api()
+        .get(&format!("/v1/runs/{id}/events?limit=1000"))
+        .await;
+    let t: Vec<_> = events.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !t.contains(&"run.worker.recovered".to_owned()),
+        "no recovery needed: {t:?}"
+    );
 }
 
 #[tokio::test]
@@ -184,12 +239,21 @@ async fn generated_admin_token_and_bind_rules() {
     })
     .await
     .unwrap();
-    let url = line.trim().strip_prefix("agentd listening on ").unwrap().to_owned();
+    let url = line
+        .trim()
+        .strip_prefix("agentd listening on ")
+        .unwrap()
+        .to_owned();
     let token_path = data.join("admin-token");
     let mode = std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let token = std::fs::read_to_string(&token_path).unwrap();
-    let r = reqwest::Client::new().get(format!("{url}/v1/runs")).bearer_auth(token.trim()).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .get(format!("{url}/v1/runs"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 
     // A second process on the same data dir is refused.

@@ -33,11 +33,17 @@ async fn resume_mid_stream_by_last_event_id() {
 
     // Last-Event-ID wins over ?after_seq=.
     let rest = api
-        .sse(&format!("/v1/runs/{id}/events/stream?after_seq=1"), &[("last-event-id", "6")])
+        .sse(
+            &format!("/v1/runs/{id}/events/stream?after_seq=1"),
+            &[("last-event-id", "6")],
+        )
         .await
         .collect()
         .await;
-    let rest: Vec<_> = rest.into_iter().filter(|m| m.event == "run_event").collect();
+    let rest: Vec<_> = rest
+        .into_iter()
+        .filter(|m| m.event == "run_event")
+        .collect();
     assert_gapless(&rest, 7);
     let all: Vec<_> = first.into_iter().chain(rest).collect();
     assert_gapless(&all, 1);
@@ -45,7 +51,11 @@ async fn resume_mid_stream_by_last_event_id() {
     assert_eq!(reconstruct(&all), FakeUpstream::expected_text(40));
 
     // ?after_seq= alone works too, and a bad Last-Event-ID is a 400.
-    let tail = api.sse(&format!("/v1/runs/{id}/events/stream?after_seq=3"), &[]).await.collect().await;
+    let tail = api
+        .sse(&format!("/v1/runs/{id}/events/stream?after_seq=3"), &[])
+        .await
+        .collect()
+        .await;
     assert_eq!(tail[0].data["seq"], 4);
     let bad = api
         .http
@@ -65,10 +75,18 @@ async fn a_late_reader_gets_the_full_replay() {
     let api = d.api();
     let id = api.start_run("late").await;
     api.wait_terminal(&id).await;
-    let msgs = api.sse(&format!("/v1/runs/{id}/events/stream"), &[]).await.collect().await;
+    let msgs = api
+        .sse(&format!("/v1/runs/{id}/events/stream"), &[])
+        .await
+        .collect()
+        .await;
     assert_gapless(&msgs, 1);
     assert_eq!(types(&msgs).last().unwrap(), "run.worker.succeeded");
-    let snap = api.sse(&format!("/v1/runs/{id}/stream"), &[]).await.collect().await;
+    let snap = api
+        .sse(&format!("/v1/runs/{id}/stream"), &[])
+        .await
+        .collect()
+        .await;
     assert_eq!(snap.len(), 1, "a finished run: one snapshot, then close");
     assert_eq!(snap[0].data["status"], "succeeded");
 }
@@ -96,18 +114,34 @@ async fn cancel_while_streaming() {
     while let Some(m) = s.next().await {
         seen.push(m);
     }
-    let seen: Vec<_> = seen.into_iter().filter(|m| m.event == "run_event").collect();
+    let seen: Vec<_> = seen
+        .into_iter()
+        .filter(|m| m.event == "run_event")
+        .collect();
     assert_gapless(&seen, 1);
     assert_eq!(types(&seen).last().unwrap(), "run.cancelled");
 
     // Idempotent: a finished run comes back unchanged.
     let again = api.post(&format!("/v1/runs/{id}/cancel"), &json!({})).await;
-    assert_eq!((again.status, again.body["status"].as_str()), (200, Some("cancelled")));
+    assert_eq!(
+        (again.status, again.body["status"].as_str()),
+        (200, Some("cancelled"))
+    );
     assert_eq!(again.body["last_seq"], cancelled.body["last_seq"]);
     // A signal to a run that is not awaiting input is a conflict.
-    let sig = api.post(&format!("/v1/runs/{id}/signal"), &json!({"action": "approve"})).await;
+    let sig = api
+        .post(
+            &format!("/v1/runs/{id}/signal"),
+            &json!({"action": "approve"}),
+        )
+        .await;
     assert_eq!((sig.status, sig.reason()), (409, "RUN_STATE_CONFLICT"));
-    let sig = api.post(&format!("/v1/runs/{id}/signal"), &json!({"action": "explode"})).await;
+    let sig = api
+        .post(
+            &format!("/v1/runs/{id}/signal"),
+            &json!({"action": "explode"}),
+        )
+        .await;
     assert_eq!(sig.status, 400);
 }
 
@@ -119,12 +153,29 @@ async fn cancel_a_queued_run() {
     let d = Daemon::start(&fake).await;
     let api = d.api();
     api.post("/v1/sessions", &json!({"session_id": "q"})).await;
-    let a = api.post("/v1/sessions/q/runs", &json!({"content": "first"})).await.body["id"].as_str().unwrap().to_owned();
-    let b = api.post("/v1/sessions/q/runs", &json!({"content": "second"})).await.body["id"].as_str().unwrap().to_owned();
+    let a = api
+        .post("/v1/sessions/q/runs", &json!({"content": "first"}))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = api
+        .post("/v1/sessions/q/runs", &json!({"content": "second"}))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let c = api.post(&format!("/v1/runs/{b}/cancel"), &json!({})).await;
     assert_eq!(c.body["status"], "cancelled");
     let events = api.get(&format!("/v1/runs/{b}/events")).await;
-    let t: Vec<_> = events.body["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
+    let t: Vec<_> = events.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(t, ["run.created", "run.queued", "run.cancelled"]);
     api.post(&format!("/v1/runs/{a}/cancel"), &json!({})).await;
 }
@@ -136,11 +187,14 @@ async fn one_active_run_per_session_and_history_carries_over() {
     fake.behavior().set_delay(Duration::from_millis(10));
     let d = Daemon::start(&fake).await;
     let api = d.api();
-    api.post("/v1/sessions", &json!({"session_id": "chat"})).await;
+    api.post("/v1/sessions", &json!({"session_id": "chat"}))
+        .await;
     let ids: Vec<String> = {
         let mut v = Vec::new();
         for q in ["first question", "second question", "third question"] {
-            let r = api.post("/v1/sessions/chat/runs", &json!({"content": q})).await;
+            let r = api
+                .post("/v1/sessions/chat/runs", &json!({"content": q}))
+                .await;
             v.push(r.body["id"].as_str().unwrap().to_owned());
         }
         v
@@ -155,7 +209,10 @@ async fn one_active_run_per_session_and_history_carries_over() {
     for pair in runs.windows(2) {
         let finished = pair[0]["finished_at"].as_str().unwrap();
         let started = pair[1]["started_at"].as_str().unwrap();
-        assert!(started >= finished, "a later run started before the earlier one finished");
+        assert!(
+            started >= finished,
+            "a later run started before the earlier one finished"
+        );
     }
     // The third call carried both earlier turns, in order.
     let reqs = fake.requests();
@@ -163,7 +220,12 @@ async fn one_active_run_per_session_and_history_carries_over() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["role"].as_str().unwrap().to_owned(), m["content"].as_str().unwrap().to_owned()))
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_owned(),
+                m["content"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     let text = FakeUpstream::expected_text(10);
     let want: Vec<(String, String)> = vec![
@@ -187,13 +249,25 @@ async fn run_updated_sends_a_snapshot_per_status_or_step_change() {
     let d = Daemon::start(&fake).await;
     let api = d.api();
     api.post("/v1/sessions", &json!({"session_id": "u"})).await;
-    let r = api.post("/v1/sessions/u/runs", &json!({"content": "go"})).await;
+    let r = api
+        .post("/v1/sessions/u/runs", &json!({"content": "go"}))
+        .await;
     let id = r.body["id"].as_str().unwrap();
-    let snaps = api.sse(&format!("/v1/runs/{id}/stream"), &[]).await.collect().await;
-    let statuses: Vec<_> = snaps.iter().map(|m| m.data["status"].as_str().unwrap().to_owned()).collect();
+    let snaps = api
+        .sse(&format!("/v1/runs/{id}/stream"), &[])
+        .await
+        .collect()
+        .await;
+    let statuses: Vec<_> = snaps
+        .iter()
+        .map(|m| m.data["status"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(statuses.last().unwrap(), "succeeded");
     // Not one per token: 30 deltas, a handful of snapshots.
     assert!(snaps.len() <= 6, "{statuses:?}");
-    let seqs: Vec<i64> = snaps.iter().map(|m| m.data["last_seq"].as_i64().unwrap()).collect();
+    let seqs: Vec<i64> = snaps
+        .iter()
+        .map(|m| m.data["last_seq"].as_i64().unwrap())
+        .collect();
     assert!(seqs.windows(2).all(|w| w[0] <= w[1]));
 }

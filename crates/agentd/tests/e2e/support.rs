@@ -153,11 +153,19 @@ pub struct Reply {
 impl Reply {
     /// Asserts the DESIGN §3 error envelope and returns its reason code.
     pub fn reason(&self) -> &str {
-        assert!(self.body["error"].is_string(), "no error message in {:?}", self.body);
-        let rid = self.body["request_id"].as_str().expect("request_id in envelope");
+        assert!(
+            self.body["error"].is_string(),
+            "no error message in {:?}",
+            self.body
+        );
+        let rid = self.body["request_id"]
+            .as_str()
+            .expect("request_id in envelope");
         assert_eq!(
             Some(rid),
-            self.headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+            self.headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok()),
             "envelope request_id equals x-request-id"
         );
         self.body["reason_code"].as_str().expect("reason_code")
@@ -198,9 +206,14 @@ impl Api {
         let body = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -215,7 +228,12 @@ impl Api {
         Self::read(self.req(reqwest::Method::POST, path).json(body)).await
     }
 
-    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>, headers: &[(&str, &str)]) -> Reply {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let mut r = self.req(reqwest::Method::POST, path).body(body);
         for (k, v) in headers {
             r = r.header(*k, *v);
@@ -224,14 +242,23 @@ impl Api {
     }
 
     pub async fn post_idem(&self, path: &str, key: &str, body: &Value) -> Reply {
-        Self::read(self.req(reqwest::Method::POST, path).header("idempotency-key", key).json(body)).await
+        Self::read(
+            self.req(reqwest::Method::POST, path)
+                .header("idempotency-key", key)
+                .json(body),
+        )
+        .await
     }
 
     /// Creates a run with seed 001's call and returns its id.
     pub async fn start_run(&self, query: &str) -> String {
         let key = agentd_key();
         let r = self
-            .post_idem("/v1/runs", &key, &serde_json::json!({"input": {"user_query": query}}))
+            .post_idem(
+                "/v1/runs",
+                &key,
+                &serde_json::json!({"input": {"user_query": query}}),
+            )
             .await;
         assert_eq!(r.status, 201, "{:?}", r.body);
         r.body["id"].as_str().expect("run id").to_owned()
@@ -246,7 +273,10 @@ impl Api {
         let resp = r.send().await.expect("stream request");
         assert_eq!(resp.status().as_u16(), 200, "stream status");
         assert!(
-            resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"),
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream"),
             "content type"
         );
         SseStream {
@@ -278,13 +308,23 @@ fn rand_suffix() -> String {
     format!(
         "{}-{}-{}",
         std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
 
 type EventStream = std::pin::Pin<
-    Box<dyn futures::Stream<Item = Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>> + Send>,
+    Box<
+        dyn futures::Stream<
+                Item = Result<
+                    eventsource_stream::Event,
+                    eventsource_stream::EventStreamError<reqwest::Error>,
+                >,
+            > + Send,
+    >,
 >;
 
 pub struct SseStream {
@@ -325,14 +365,22 @@ impl SseStream {
 
 /// The `type`s of `run_event` messages, in order.
 pub fn types(msgs: &[Msg]) -> Vec<String> {
-    msgs.iter().map(|m| m.data["type"].as_str().unwrap_or_default().to_owned()).collect()
+    msgs.iter()
+        .map(|m| m.data["type"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 /// Asserts the messages carry seqs `from..` without gap or duplicate, with `id:` = seq.
 pub fn assert_gapless(msgs: &[Msg], from: i64) {
     for (i, m) in msgs.iter().enumerate() {
         let seq = m.data["seq"].as_i64().expect("seq");
-        assert_eq!(seq, from + i as i64, "seq {} at position {i}: {:?}", seq, types(msgs));
+        assert_eq!(
+            seq,
+            from + i as i64,
+            "seq {} at position {i}: {:?}",
+            seq,
+            types(msgs)
+        );
         assert_eq!(m.id, seq.to_string(), "id: equals seq");
         assert_eq!(m.event, "run_event");
     }
@@ -356,4 +404,3 @@ pub fn reconstruct(msgs: &[Msg]) -> String {
     }
     text
 }
-
