@@ -29,6 +29,7 @@ pub fn follow(
     stop: CancellationToken,
 ) -> mpsc::Receiver<Result<Event, StoreError>> {
     let (tx, rx) = mpsc::channel(BUFFER);
+    let client = tx.clone();
     tokio::spawn(async move {
         let mut f = Follower {
             store,
@@ -37,8 +38,11 @@ pub fn follow(
             last: after_seq,
             tx,
         };
+        // A client that went away while the run is quiet must not leave
+        // this task waiting for the run's next event.
         tokio::select! {
             _ = stop.cancelled() => {}
+            _ = client.closed() => {}
             _ = f.run() => {}
         }
     });
