@@ -11,6 +11,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 
+use agentd_core::{Run, Session};
+
+use crate::auth::Principal;
 use crate::error::{ApiError, Resource};
 use crate::extract::DEFAULT_BODY_LIMIT;
 use crate::{AppState, openapi, request_id};
@@ -43,6 +46,32 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
         .layer(middleware::from_fn(request_id::layer))
         .with_state(state)
+}
+
+/// The caller's run, or the 404 a missing and another tenant's run share.
+pub(crate) async fn find_run(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<Run, ApiError> {
+    state
+        .store()
+        .get_run(&principal.tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound(Resource::Run))
+}
+
+/// The caller's session, or 404.
+pub(crate) async fn find_session(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<Session, ApiError> {
+    state
+        .store()
+        .get_session(&principal.tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound(Resource::Session))
 }
 
 async fn not_found() -> ApiError {

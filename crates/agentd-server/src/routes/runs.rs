@@ -20,6 +20,7 @@ use agentd_store::{
     RunFilter, SessionTarget,
 };
 
+use super::find_run;
 use super::sessions::{metadata_object, resolve_agent};
 use crate::AppState;
 use crate::auth::{Principal, Scope};
@@ -382,11 +383,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<RunView>, ApiError> {
     principal.require(Scope::RunsRead)?;
-    let run = state
-        .store()
-        .get_run(&principal.tenant, &id)
-        .await?
-        .ok_or(ApiError::NotFound(Resource::Run))?;
+    let run = find_run(&state, &principal, &id).await?;
     Ok(Json(RunView::of(&run)))
 }
 
@@ -432,10 +429,7 @@ pub async fn cancel(
         }
     })
     .await;
-    let run = store
-        .get_run(&principal.tenant, &id)
-        .await?
-        .ok_or(ApiError::NotFound(Resource::Run))?;
+    let run = find_run(&state, &principal, &id).await?;
     Ok(Json(RunView::of(&run)))
 }
 
@@ -469,11 +463,7 @@ pub async fn signal(
     JsonBody(req): JsonBody<SignalRequest>,
 ) -> Result<Json<RunView>, ApiError> {
     principal.require(Scope::SignalsWrite)?;
-    let run = state
-        .store()
-        .get_run(&principal.tenant, &id)
-        .await?
-        .ok_or(ApiError::NotFound(Resource::Run))?;
+    let run = find_run(&state, &principal, &id).await?;
     // No agent here pauses yet (tools and approval come later), so no run can
     // be awaiting input; the state check is the whole contract for now.
     tracing::debug!(run = %run.id, action = ?req.action, request = ?req.request_id,

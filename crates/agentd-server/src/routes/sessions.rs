@@ -12,6 +12,7 @@ use agentd_core::time::now_millis;
 use agentd_core::{Message, new_id};
 use agentd_store::NewSession;
 
+use super::find_session;
 use crate::AppState;
 use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, Resource};
@@ -118,11 +119,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
     principal.require(Scope::SessionsRead)?;
-    let session = state
-        .store()
-        .get_session(&principal.tenant, &id)
-        .await?
-        .ok_or(ApiError::NotFound(Resource::Session))?;
+    let session = find_session(&state, &principal, &id).await?;
     Ok(Json(SessionView::from(&session)))
 }
 
@@ -153,11 +150,11 @@ pub async fn messages(
     Path(id): Path<String>,
 ) -> Result<Json<List<Message>>, ApiError> {
     principal.require(Scope::SessionsRead)?;
-    let store = state.store();
-    if store.get_session(&principal.tenant, &id).await?.is_none() {
-        return Err(ApiError::NotFound(Resource::Session));
-    }
-    let data = store.session_messages(&principal.tenant, &id).await?;
+    find_session(&state, &principal, &id).await?;
+    let data = state
+        .store()
+        .session_messages(&principal.tenant, &id)
+        .await?;
     Ok(Json(List {
         data,
         next_cursor: None,

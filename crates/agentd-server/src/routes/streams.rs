@@ -15,9 +15,10 @@ use utoipa::ToSchema;
 
 use agentd_core::event::PublicEvent;
 
+use super::find_run;
 use crate::AppState;
 use crate::auth::{Principal, Scope};
-use crate::error::{ApiError, Resource};
+use crate::error::ApiError;
 use crate::extract::QueryParams;
 use crate::follow::follow;
 use crate::views::{MAX_PAGE, RunView};
@@ -41,18 +42,6 @@ pub struct EventPage {
     pub next_cursor: Option<String>,
 }
 
-async fn run_exists(
-    state: &AppState,
-    principal: &Principal,
-    id: &str,
-) -> Result<agentd_core::Run, ApiError> {
-    state
-        .store()
-        .get_run(&principal.tenant, id)
-        .await?
-        .ok_or(ApiError::NotFound(Resource::Run))
-}
-
 #[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "events",
     params(("after_seq" = Option<i64>, Query), ("limit" = Option<u32>, Query)),
     responses((status = 200, body = EventPage), (status = 404, body = crate::error::ErrorEnvelope)),
@@ -71,7 +60,7 @@ pub async fn events_page(
         ));
     }
     let after = q.after_seq.unwrap_or(0).max(0);
-    run_exists(&state, &principal, &id).await?;
+    find_run(&state, &principal, &id).await?;
     let events = state
         .store()
         .events_after(&principal.tenant, &id, after, limit)
@@ -130,7 +119,7 @@ pub async fn events_stream(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     principal.require(Scope::RunsRead)?;
     let after = resume_point(&headers, q.after_seq)?;
-    run_exists(&state, &principal, &id).await?;
+    find_run(&state, &principal, &id).await?;
     let rx = follow(
         state.store().clone(),
         principal.tenant,
@@ -158,7 +147,7 @@ pub async fn run_updates(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     principal.require(Scope::RunsRead)?;
-    let run = run_exists(&state, &principal, &id).await?;
+    let run = find_run(&state, &principal, &id).await?;
     let snapshot = |run: &agentd_core::Run| {
         SseEvent::default()
             .event("run_updated")
