@@ -48,6 +48,13 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         );
         headers.remove(header::CONTENT_LENGTH);
     }
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was never read: this connection cannot carry
+        // another request, so say so rather than let a client reuse it.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
