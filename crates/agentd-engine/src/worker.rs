@@ -4,6 +4,7 @@
 //! control rows (cancel) and stops runs whose lease was taken.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,6 +59,9 @@ struct Inner {
     stop_claiming: CancellationToken,
     /// Run the heartbeat now (a control row arrived).
     beat_now: Notify,
+    /// Counts registrations of local runs, so the heartbeat judges only runs
+    /// claimed before it asked the store (a later claim is not in its answer).
+    registrations: AtomicU64,
     runs: TaskTracker,
     background: TaskTracker,
 }
@@ -66,6 +70,8 @@ struct Inner {
 #[derive(Clone)]
 pub(crate) struct RunHandle {
     pub epoch: i64,
+    /// Value of `Inner::registrations` when this run was registered.
+    pub registered: u64,
     /// A client asked to cancel: finish as `cancelled`.
     pub cancel: CancellationToken,
     /// Stop at once and write nothing more (lease lost, process stopping).
@@ -92,6 +98,7 @@ impl Engine {
                 local: Mutex::new(HashMap::new()),
                 stop_claiming: CancellationToken::new(),
                 beat_now: Notify::new(),
+                registrations: AtomicU64::new(0),
                 runs: TaskTracker::new(),
                 background: TaskTracker::new(),
             }),
@@ -195,6 +202,7 @@ impl Engine {
         };
         let handle = RunHandle {
             epoch: claimed.lease.epoch(),
+            registered: inner.registrations.fetch_add(1, Ordering::SeqCst) + 1,
             cancel: CancellationToken::new(),
             abandon: CancellationToken::new(),
         };
@@ -238,6 +246,7 @@ impl Engine {
                 _ = tokio::time::sleep(every) => {}
                 _ = inner.beat_now.notified() => {}
             }
+            let asked_after = inner.registrations.load(Ordering::SeqCst);
             let beat = match inner
                 .store
                 .heartbeat(&inner.owner, inner.config.lease_ms)
@@ -255,7 +264,8 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             for (run_id, handle) in &local {
-                if beat.held.get(run_id) != Some(&handle.epoch) {
+                if handle.registered <= asked_after && beat.held.get(run_id) != Some(&handle.epoch)
+                {
                     tracing::warn!(run = run_id, "lease lost; stopping");
                     handle.abandon.cancel();
                 }

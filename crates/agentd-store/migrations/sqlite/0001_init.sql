@@ -50,9 +50,9 @@ CREATE TABLE runs (
 );
 CREATE INDEX runs_by_time ON runs (tenant_id, created_at DESC, id DESC);
 CREATE INDEX runs_by_session ON runs (tenant_id, session_id, created_at, id);
-CREATE INDEX runs_active ON runs (status, created_at, id)
-    WHERE status IN ('queued', 'running', 'awaiting_input');
+CREATE INDEX runs_by_status ON runs (status, created_at, id);
 CREATE INDEX runs_by_owner ON runs (lease_owner) WHERE lease_owner IS NOT NULL;
+CREATE INDEX runs_by_lease ON runs (lease_expires_at) WHERE status = 'running';
 
 CREATE TABLE run_events (
     run_id      TEXT    NOT NULL,

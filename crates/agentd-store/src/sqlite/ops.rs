@@ -254,24 +254,33 @@ pub(crate) fn claim_runs<'c>(
 ) -> Op<'c, Vec<ClaimedRun>> {
     Box::pin(async move {
         let now = now_millis();
-        // Queued runs only when no earlier run of their session is unfinished;
-        // running ones only when their lease lapsed.
-        let candidates: Vec<(String, String)> = sqlx::query_as(
-            "SELECT r.id, r.status FROM runs r \
-             WHERE r.status IN ('queued', 'running') \
-               AND ((r.status = 'running' AND COALESCE(r.lease_expires_at, 0) < ?1) \
-                 OR (r.status = 'queued' AND NOT EXISTS ( \
-                     SELECT 1 FROM runs p WHERE p.tenant_id = r.tenant_id \
-                       AND p.session_id = r.session_id \
-                       AND p.status IN ('queued', 'running', 'awaiting_input') \
-                       AND (p.created_at < r.created_at \
-                         OR (p.created_at = r.created_at AND p.id < r.id))))) \
-             ORDER BY r.created_at, r.id LIMIT ?2",
+        // Lapsed leases first (recovery), then queued runs that are first in
+        // their session. Two queries, each on its own index, so neither scans
+        // the other's rows.
+        let mut candidates: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, status FROM runs INDEXED BY runs_by_lease WHERE status = 'running' \
+             AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?",
         )
         .bind(now)
         .bind(req.max as i64)
         .fetch_all(&mut *c)
         .await?;
+        let room = req.max.saturating_sub(candidates.len());
+        if room > 0 {
+            let queued: Vec<(String, String)> = sqlx::query_as(
+                "SELECT r.id, r.status FROM runs r WHERE r.status = 'queued' \
+                 AND NOT EXISTS (SELECT 1 FROM runs p WHERE p.tenant_id = r.tenant_id \
+                     AND p.session_id = r.session_id \
+                     AND p.status IN ('queued', 'running', 'awaiting_input') \
+                     AND (p.created_at < r.created_at \
+                       OR (p.created_at = r.created_at AND p.id < r.id))) \
+                 ORDER BY r.created_at, r.id LIMIT ?",
+            )
+            .bind(room as i64)
+            .fetch_all(&mut *c)
+            .await?;
+            candidates.extend(queued);
+        }
 
         let mut claimed = Vec::with_capacity(candidates.len());
         let mut published = Vec::new();
