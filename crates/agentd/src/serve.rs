@@ -21,6 +21,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
     check_database_url(settings.database_url.as_deref())?;
     let catalog = AgentCatalog::new(&settings.models, &settings.agents)?;
+    for agent in catalog.iter() {
+        if let Some(var) = agent.model.api_key_env.as_deref()
+            && std::env::var_os(var).is_none()
+        {
+            tracing::warn!(agent = %agent.name, variable = var, "the agent's model key is not set; its runs will fail until it is");
+        }
+    }
     let admin = admin_token(&settings)?;
 
     let store = SqliteStore::open(&SqliteConfig {

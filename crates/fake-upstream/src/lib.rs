@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures::StreamExt;
@@ -63,6 +63,8 @@ impl Behavior {
 struct Shared {
     behavior: Arc<Behavior>,
     requests: Arc<Mutex<Vec<Value>>>,
+    /// The `Authorization` header of each recorded request.
+    authorizations: Arc<Mutex<Vec<Option<String>>>>,
     /// When false, request bodies are not kept (benchmarks).
     record: bool,
 }
@@ -115,6 +117,15 @@ impl FakeUpstream {
             .unwrap_or_default()
     }
 
+    /// The `Authorization` header of every request received so far.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.shared
+            .authorizations
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
     /// The text a successful answer of `n` tokens carries.
     pub fn expected_text(n: usize) -> String {
         (0..n).map(token).collect()
@@ -133,7 +144,7 @@ fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
-async fn chat(State(shared): State<Shared>, body: Bytes) -> Response {
+async fn chat(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -144,8 +155,18 @@ async fn chat(State(shared): State<Shared>, body: Bytes) -> Response {
                 .into_response();
         }
     };
-    if let (true, Ok(mut r)) = (shared.record, shared.requests.lock()) {
+    if let (true, Ok(mut r), Ok(mut a)) = (
+        shared.record,
+        shared.requests.lock(),
+        shared.authorizations.lock(),
+    ) {
         r.push(request.clone());
+        a.push(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        );
     }
     let b = &shared.behavior;
     if b.fail_next

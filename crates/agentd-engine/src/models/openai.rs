@@ -78,11 +78,13 @@ pub async fn stream(
         body["temperature"] = json!(t);
     }
     let mut req = http.post(&url).json(&body);
-    if let Some(key) = spec
-        .api_key_env
-        .as_deref()
-        .and_then(|name| std::env::var(name).ok())
-    {
+    if let Some(name) = spec.api_key_env.as_deref() {
+        // Named but unset is a configuration error, not an upstream one: say
+        // which variable, rather than relay the upstream's 401.
+        let key = std::env::var(name).map_err(|_| ModelError::Fatal {
+            reason_code: "MODEL_API_KEY_MISSING",
+            message: format!("the model's key variable {name} is not set"),
+        })?;
         req = req.bearer_auth(key);
     }
     let response = req

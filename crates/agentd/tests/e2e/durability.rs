@@ -268,3 +268,31 @@ async fn generated_admin_token_and_bind_rules() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn the_model_key_is_read_from_the_named_variable() {
+    let fake = FakeUpstream::start().await;
+    let config = config_for(&fake).replace(
+        "model = \"fake\"",
+        "model = \"fake\"\napi_key_env = \"AGENTD_TEST_MODEL_KEY\"",
+    );
+    let d = Daemon::start_with(&config, &[("AGENTD_TEST_MODEL_KEY", "sk-test-123")]).await;
+    let id = d.api().start_run("keyed").await;
+    assert_eq!(d.api().wait_terminal(&id).await["status"], "succeeded");
+    assert_eq!(
+        fake.authorizations(),
+        [Some("Bearer sk-test-123".to_owned())]
+    );
+
+    // A named variable that is unset fails the run with a clear reason.
+    let config = config_for(&fake).replace(
+        "model = \"fake\"",
+        "model = \"fake\"\napi_key_env = \"AGENTD_TEST_UNSET_KEY_VAR\"",
+    );
+    let d = Daemon::start_with_config(&config).await;
+    let id = d.api().start_run("unkeyed").await;
+    let run = d.api().wait_terminal(&id).await;
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["reason_code"], "MODEL_API_KEY_MISSING");
+    assert_eq!(fake.requests().len(), 1, "no request left without its key");
+}

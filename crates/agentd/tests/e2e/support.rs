@@ -20,6 +20,8 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     http: reqwest::Client,
+    /// Extra environment for the process.
+    env: Vec<(String, String)>,
 }
 
 /// The config every test daemon gets: the fake upstream, quick retries, and
@@ -49,6 +51,10 @@ impl Daemon {
     }
 
     pub async fn start_with_config(config: &str) -> Daemon {
+        Self::start_with(config, &[]).await
+    }
+
+    pub async fn start_with(config: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("agentd.toml"), config).expect("write config");
         let mut d = Daemon {
@@ -56,6 +62,10 @@ impl Daemon {
             dir,
             child: None,
             http: reqwest::Client::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn().await;
         d
@@ -72,6 +82,7 @@ impl Daemon {
             .arg(self.dir.path().join("agentd.toml"))
             .env("AGENTD_ADMIN_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         cmd
