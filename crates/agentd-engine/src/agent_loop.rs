@@ -37,8 +37,9 @@ enum Stop {
 
 impl From<StoreError> for Stop {
     fn from(e: StoreError) -> Stop {
-        if !matches!(e, StoreError::LeaseLost) {
-            tracing::warn!(error = %e, "store write failed; abandoning run");
+        match e {
+            StoreError::LeaseLost => tracing::warn!("lease lost to another worker; stopping"),
+            e => tracing::warn!(error = %e, "store write failed; abandoning run"),
         }
         Stop::Abandoned
     }

@@ -266,7 +266,9 @@ impl Engine {
             for (run_id, handle) in &local {
                 if handle.registered <= asked_after && beat.held.get(run_id) != Some(&handle.epoch)
                 {
-                    tracing::warn!(run = run_id, "lease lost; stopping");
+                    // Usually a run that just finished; one that really lost
+                    // its lease says so when its next write is refused.
+                    tracing::debug!(run = run_id, "lease no longer held; stopping");
                     handle.abandon.cancel();
                 }
             }

@@ -12,6 +12,7 @@ use agentd_server::{AdminToken, AppState, ServerConfig};
 use agentd_store::Store;
 use agentd_store::sqlite::{SqliteConfig, SqliteStore};
 use anyhow::{Context, bail};
+use axum::serve::ListenerExt;
 use rand::RngCore;
 
 use crate::config::{ServeArgs, Settings, check_database_url};
@@ -67,6 +68,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let app = agentd_server::router(state.clone());
     let drain = state.clone();
     let server = tokio::spawn(async move {
+        // Small SSE writes must leave at once, not wait on Nagle.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown_signal().await;

@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -93,6 +94,10 @@ impl FakeUpstream {
             .expect("fake upstream binds");
         let addr = listener.local_addr().expect("bound address");
         let app = router(shared.clone());
+        // Paced chunks must leave when written, as a real provider's do.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

@@ -6,6 +6,7 @@
 //! All writes go through one group-committing [`writer::Writer`]; reads use a
 //! small pool of read connections, which WAL lets run beside the writer.
 
+mod batch;
 mod ops;
 mod rows;
 mod writer;
@@ -289,9 +290,12 @@ impl Store for SqliteStore {
         events: Vec<NewEvent>,
         update: Option<RunUpdate>,
     ) -> Result<Vec<Event>, StoreError> {
-        self.writer
-            .submit(ops::append, (lease.clone(), events, update))
-            .await?
+        let args = (lease.clone(), events, update);
+        if args.2.is_none() {
+            self.writer.submit_deferrable(ops::append, args).await?
+        } else {
+            self.writer.submit(ops::append, args).await?
+        }
     }
 
     async fn heartbeat(&self, owner: &str, lease_ms: i64) -> Result<Heartbeat, StoreError> {

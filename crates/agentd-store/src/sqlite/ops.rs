@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
+use super::batch::{CachedRun, Ctx};
 use super::rows::{RUN_COLUMNS, RunRow};
 use super::writer::Applied;
 use crate::{
@@ -105,6 +106,7 @@ async fn insert_events(
 
 pub(crate) fn create_session<'c>(
     c: &'c mut SqliteConnection,
+    _ctx: &'c mut Ctx,
     s: &'c NewSession,
 ) -> Op<'c, Result<Session, StoreError>> {
     Box::pin(async move {
@@ -119,6 +121,7 @@ pub(crate) fn create_session<'c>(
 
 pub(crate) fn create_run<'c>(
     c: &'c mut SqliteConnection,
+    _ctx: &'c mut Ctx,
     new: &'c NewRun,
 ) -> Op<'c, Result<CreateRunOutcome, StoreError>> {
     Box::pin(async move {
@@ -250,6 +253,7 @@ pub(crate) fn create_run<'c>(
 
 pub(crate) fn claim_runs<'c>(
     c: &'c mut SqliteConnection,
+    ctx: &'c mut Ctx,
     req: &'c ClaimRequest,
 ) -> Op<'c, Vec<ClaimedRun>> {
     Box::pin(async move {
@@ -324,6 +328,17 @@ pub(crate) fn claim_runs<'c>(
                 .execute(&mut *c)
                 .await?;
             published.extend(stored);
+            ctx.remember(
+                id.clone(),
+                CachedRun {
+                    tenant: run.tenant_id.clone(),
+                    status: RunStatus::Running,
+                    epoch: run.lease_epoch,
+                    owner: Some(req.owner.clone()),
+                    last_seq: run.last_seq,
+                    dirty: false,
+                },
+            );
             let controls = pending_controls(c, &id).await?;
             claimed.push(ClaimedRun {
                 lease: Lease::new(
@@ -397,9 +412,16 @@ pub(crate) type AppendArgs = (Lease, Vec<NewEvent>, Option<RunUpdate>);
 
 pub(crate) fn append<'c>(
     c: &'c mut SqliteConnection,
+    ctx: &'c mut Ctx,
     (lease, new_events, update): &'c AppendArgs,
 ) -> Op<'c, Result<Vec<Event>, StoreError>> {
     Box::pin(async move {
+        let Some(update) = update else {
+            return append_deferred(c, ctx, lease, new_events).await;
+        };
+        // A state change: the writer flushed before this job, so the row is current.
+        ctx.forget(lease.run_id());
+        let update = Some(update);
         let now = now_millis();
         let current: Option<(String, i64, Option<String>, i64, String, String)> = sqlx::query_as(
             "SELECT status, lease_epoch, lease_owner, last_seq, usage, session_id \
@@ -499,6 +521,70 @@ pub(crate) fn append<'c>(
     })
 }
 
+/// A plain append (no state change): checked against the cached run and
+/// deferred to the writer's flush.
+async fn append_deferred(
+    c: &mut SqliteConnection,
+    ctx: &mut Ctx,
+    lease: &Lease,
+    new_events: &[NewEvent],
+) -> sqlx::Result<Applied<Result<Vec<Event>, StoreError>>> {
+    let run_id = lease.run_id();
+    if ctx.cached(run_id).is_none() {
+        // Not cached means no deferred appends either: the row is current.
+        let row: Option<(String, String, i64, Option<String>, i64)> = sqlx::query_as(
+            "SELECT tenant_id, status, lease_epoch, lease_owner, last_seq FROM runs WHERE id = ?",
+        )
+        .bind(run_id)
+        .fetch_optional(&mut *c)
+        .await?;
+        let Some((tenant, status, epoch, owner, last_seq)) = row else {
+            return Ok(Applied::value(Err(StoreError::LeaseLost)));
+        };
+        let cached = CachedRun {
+            tenant: TenantId::parse(&tenant)
+                .ok_or_else(|| corrupt(StoreError::Corrupt(format!("bad tenant {tenant:?}"))))?,
+            status: RunStatus::parse(&status).ok_or_else(|| {
+                corrupt(StoreError::Corrupt(format!("bad run status {status:?}")))
+            })?,
+            epoch,
+            owner: owner.map(Into::into),
+            last_seq,
+            dirty: false,
+        };
+        ctx.remember(run_id.to_owned(), cached);
+    }
+    let Some(run) = ctx.cached(run_id) else {
+        return Ok(Applied::value(Err(StoreError::LeaseLost)));
+    };
+    if run.epoch != lease.epoch()
+        || run.owner.as_deref() != Some(lease.owner())
+        || run.status != RunStatus::Running
+    {
+        return Ok(Applied::value(Err(StoreError::LeaseLost)));
+    }
+    let now = now_millis();
+    let events: Vec<Event> = new_events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Event {
+            run_id: run_id.to_owned(),
+            seq: run.last_seq + 1 + i as i64,
+            kind: e.kind,
+            created_at: now,
+            value: e.value.clone(),
+        })
+        .collect();
+    run.last_seq += events.len() as i64;
+    ctx.defer(run_id, &events);
+    Ok(Applied {
+        value: Ok(events.clone()),
+        events,
+        wake_workers: false,
+        controls: Vec::new(),
+    })
+}
+
 async fn append_messages(
     c: &mut SqliteConnection,
     lease: &Lease,
@@ -533,6 +619,7 @@ async fn append_messages(
 
 pub(crate) fn heartbeat<'c>(
     c: &'c mut SqliteConnection,
+    _ctx: &'c mut Ctx,
     (owner, lease_ms): &'c (String, i64),
 ) -> Op<'c, Heartbeat> {
     Box::pin(async move {
@@ -566,7 +653,11 @@ pub(crate) fn heartbeat<'c>(
     })
 }
 
-pub(crate) fn release_leases<'c>(c: &'c mut SqliteConnection, owner: &'c String) -> Op<'c, ()> {
+pub(crate) fn release_leases<'c>(
+    c: &'c mut SqliteConnection,
+    ctx: &'c mut Ctx,
+    owner: &'c String,
+) -> Op<'c, ()> {
     Box::pin(async move {
         sqlx::query(
             "UPDATE runs SET lease_owner = NULL, lease_expires_at = 0 \
@@ -575,6 +666,7 @@ pub(crate) fn release_leases<'c>(c: &'c mut SqliteConnection, owner: &'c String)
         .bind(owner)
         .execute(c)
         .await?;
+        ctx.forget_all();
         let mut applied = Applied::value(());
         applied.wake_workers = true;
         Ok(applied)
@@ -589,7 +681,12 @@ struct Cancelled {
     control: bool,
 }
 
-async fn cancel_one(c: &mut SqliteConnection, mut run: Run) -> sqlx::Result<Cancelled> {
+async fn cancel_one(
+    c: &mut SqliteConnection,
+    ctx: &mut Ctx,
+    mut run: Run,
+) -> sqlx::Result<Cancelled> {
+    ctx.forget(&run.id);
     let now = now_millis();
     match run.status {
         RunStatus::Succeeded
@@ -666,13 +763,14 @@ async fn cancel_one(c: &mut SqliteConnection, mut run: Run) -> sqlx::Result<Canc
 
 pub(crate) fn cancel_run<'c>(
     c: &'c mut SqliteConnection,
+    ctx: &'c mut Ctx,
     (tenant, id): &'c (TenantId, String),
 ) -> Op<'c, Option<Run>> {
     Box::pin(async move {
         let Some(run) = load_run(c, id).await?.filter(|r| &r.tenant_id == tenant) else {
             return Ok(Applied::value(None));
         };
-        let done = cancel_one(c, run).await?;
+        let done = cancel_one(c, ctx, run).await?;
         Ok(Applied {
             controls: if done.control {
                 vec![done.run.id.clone()]
@@ -688,6 +786,7 @@ pub(crate) fn cancel_run<'c>(
 
 pub(crate) fn delete_session<'c>(
     c: &'c mut SqliteConnection,
+    ctx: &'c mut Ctx,
     (tenant, id): &'c (TenantId, String),
 ) -> Op<'c, bool> {
     Box::pin(async move {
@@ -701,7 +800,7 @@ pub(crate) fn delete_session<'c>(
         .await?;
         let mut applied = Applied::value(false);
         for row in rows {
-            let done = cancel_one(c, Run::try_from(row).map_err(corrupt)?).await?;
+            let done = cancel_one(c, ctx, Run::try_from(row).map_err(corrupt)?).await?;
             applied.events.extend(done.events);
             applied.wake_workers |= done.wake;
             if done.control {

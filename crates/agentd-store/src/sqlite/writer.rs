@@ -8,6 +8,7 @@ use futures::future::BoxFuture;
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
+use super::batch::Ctx;
 use crate::StoreError;
 use crate::hub::{EventHub, HubMessage};
 use agentd_core::Event;
@@ -39,13 +40,19 @@ impl<R> Applied<R> {
     }
 }
 
-/// One write operation: a plain async fn over the connection and its arguments.
-pub(crate) type OpFn<A, R> =
-    for<'c> fn(&'c mut SqliteConnection, &'c A) -> BoxFuture<'c, sqlx::Result<Applied<R>>>;
+/// One write operation: a plain async fn over the connection, the writer's
+/// batch context and its arguments.
+pub(crate) type OpFn<A, R> = for<'c> fn(
+    &'c mut SqliteConnection,
+    &'c mut Ctx,
+    &'c A,
+) -> BoxFuture<'c, sqlx::Result<Applied<R>>>;
 
 #[async_trait]
 trait Job: Send {
-    async fn apply(&mut self, conn: &mut SqliteConnection) -> sqlx::Result<()>;
+    /// Plain appends may run on deferred state; everything else gets a flush first.
+    fn deferrable(&self) -> bool;
+    async fn apply(&mut self, conn: &mut SqliteConnection, ctx: &mut Ctx) -> sqlx::Result<()>;
     /// Called once: announces the job's effects if it committed, then replies.
     fn finish(self: Box<Self>, hub: &EventHub, outcome: Result<(), StoreError>);
 }
@@ -53,14 +60,19 @@ trait Job: Send {
 struct TypedJob<A, R> {
     args: A,
     op: OpFn<A, R>,
+    deferrable: bool,
     applied: Option<Applied<R>>,
     reply: oneshot::Sender<Result<R, StoreError>>,
 }
 
 #[async_trait]
 impl<A: Send + Sync, R: Send> Job for TypedJob<A, R> {
-    async fn apply(&mut self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
-        let applied = (self.op)(conn, &self.args).await?;
+    fn deferrable(&self) -> bool {
+        self.deferrable
+    }
+
+    async fn apply(&mut self, conn: &mut SqliteConnection, ctx: &mut Ctx) -> sqlx::Result<()> {
+        let applied = (self.op)(conn, ctx, &self.args).await?;
         self.applied = Some(applied);
         Ok(())
     }
@@ -111,10 +123,33 @@ impl Writer {
         A: Send + Sync + 'static,
         R: Send + 'static,
     {
+        self.enqueue(op, args, false).await
+    }
+
+    /// For `ops::append` only: may use the cache and defer its insert.
+    pub async fn submit_deferrable<A, R>(&self, op: OpFn<A, R>, args: A) -> Result<R, StoreError>
+    where
+        A: Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        self.enqueue(op, args, true).await
+    }
+
+    async fn enqueue<A, R>(
+        &self,
+        op: OpFn<A, R>,
+        args: A,
+        deferrable: bool,
+    ) -> Result<R, StoreError>
+    where
+        A: Send + Sync + 'static,
+        R: Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         let job = Box::new(TypedJob {
             args,
             op,
+            deferrable,
             applied: None,
             reply,
         });
@@ -125,8 +160,9 @@ impl Writer {
 
 async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Box<dyn Job>>, hub: EventHub) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    let mut ctx = Ctx::default();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        match apply_all(&mut conn, &mut batch).await {
+        match apply_all(&mut conn, &mut ctx, &mut batch).await {
             Ok(()) => {
                 for job in batch.drain(..) {
                     job.finish(&hub, Ok(()));
@@ -136,7 +172,8 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Box<dyn Job>>, h
                 // One bad job must not fail its neighbours: redo each alone.
                 tracing::warn!(error = %e, jobs = batch.len(), "batch failed; retrying jobs one by one");
                 for mut job in batch.drain(..) {
-                    let outcome = apply_all(&mut conn, std::slice::from_mut(&mut job)).await;
+                    let outcome =
+                        apply_all(&mut conn, &mut ctx, std::slice::from_mut(&mut job)).await;
                     job.finish(&hub, outcome.map_err(StoreError::from));
                 }
             }
@@ -145,10 +182,26 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Box<dyn Job>>, h
     let _ = conn.close().await;
 }
 
-async fn apply_all(conn: &mut SqliteConnection, jobs: &mut [Box<dyn Job>]) -> sqlx::Result<()> {
-    let mut tx = conn.begin().await?;
-    for job in jobs.iter_mut() {
-        job.apply(&mut tx).await?;
+async fn apply_all(
+    conn: &mut SqliteConnection,
+    ctx: &mut Ctx,
+    jobs: &mut [Box<dyn Job>],
+) -> sqlx::Result<()> {
+    let result = async {
+        let mut tx = conn.begin().await?;
+        for job in jobs.iter_mut() {
+            if !job.deferrable() {
+                ctx.flush(&mut tx).await?;
+            }
+            job.apply(&mut tx, ctx).await?;
+        }
+        ctx.flush(&mut tx).await?;
+        tx.commit().await
     }
-    tx.commit().await
+    .await;
+    if result.is_err() {
+        // The transaction rolled back; so did everything the cache learned in it.
+        ctx.reset();
+    }
+    result
 }

@@ -1,0 +1,140 @@
+//! What the writer keeps between statements: a cache of the run fields every
+//! append checks, and appends not yet written.
+//!
+//! Appends are the hot path (a run's deltas): a plain append is checked
+//! against the cache and its events are deferred, so the appends of one
+//! transaction cost one multi-row INSERT and one UPDATE in all, not three
+//! statements each. Every other operation flushes first, so it always sees
+//! the database as the appends so far left it. The writer is the only writer
+//! of this database (one process per data dir), which is what makes the cache
+//! authoritative; it is dropped whole when a transaction rolls back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use agentd_core::{Event, RunStatus, TenantId};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+/// Entries kept at most; past this the cache starts again empty.
+const MAX_CACHED_RUNS: usize = 100_000;
+/// Rows per INSERT (6 parameters each).
+const EVENT_ROWS_PER_INSERT: usize = 500;
+/// Runs per last_seq UPDATE (3 parameters each).
+const RUNS_PER_UPDATE: usize = 300;
+
+/// The fields of a run that decide whether an append may go ahead.
+#[derive(Clone, Debug)]
+pub(crate) struct CachedRun {
+    pub tenant: TenantId,
+    pub status: RunStatus,
+    pub epoch: i64,
+    pub owner: Option<Arc<str>>,
+    /// Including deferred appends.
+    pub last_seq: i64,
+    /// Has deferred appends not yet flushed.
+    pub dirty: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Ctx {
+    runs: HashMap<String, CachedRun>,
+    /// Deferred events with their tenant, in append order.
+    events: Vec<(TenantId, Event)>,
+    /// Runs whose `last_seq` in the database is behind their cached one.
+    dirty: Vec<String>,
+}
+
+impl Ctx {
+    pub fn cached(&mut self, run_id: &str) -> Option<&mut CachedRun> {
+        self.runs.get_mut(run_id)
+    }
+
+    pub fn remember(&mut self, run_id: String, run: CachedRun) {
+        if self.runs.len() >= MAX_CACHED_RUNS {
+            // Keep what the next flush needs.
+            self.runs.retain(|_, r| r.dirty);
+        }
+        self.runs.insert(run_id, run);
+    }
+
+    /// Call for any run whose row changed other than by a deferred append.
+    pub fn forget(&mut self, run_id: &str) {
+        self.runs.remove(run_id);
+    }
+
+    pub fn forget_all(&mut self) {
+        self.runs.clear();
+    }
+
+    /// Queues `events` of a cached run (seqs already assigned from its
+    /// `last_seq`, which the caller advanced) for the flush.
+    pub fn defer(&mut self, run_id: &str, events: &[Event]) {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            debug_assert!(false, "deferred an append of an uncached run");
+            return;
+        };
+        if !run.dirty {
+            run.dirty = true;
+            self.dirty.push(run_id.to_owned());
+        }
+        let tenant = run.tenant.clone();
+        self.events
+            .extend(events.iter().map(|e| (tenant.clone(), e.clone())));
+    }
+
+    /// After a rollback nothing here can be trusted.
+    pub fn reset(&mut self) {
+        self.runs.clear();
+        self.events.clear();
+        self.dirty.clear();
+    }
+
+    /// Writes the deferred appends.
+    pub async fn flush(&mut self, c: &mut SqliteConnection) -> sqlx::Result<()> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        for chunk in self.events.chunks(EVENT_ROWS_PER_INSERT) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO run_events (run_id, seq, tenant_id, type, payload, created_at) ",
+            );
+            qb.push_values(chunk, |mut b, (tenant, e)| {
+                b.push_bind(&e.run_id)
+                    .push_bind(e.seq)
+                    .push_bind(tenant.as_str())
+                    .push_bind(e.kind.as_str())
+                    .push_bind(e.value.to_string())
+                    .push_bind(e.created_at);
+            });
+            qb.build().execute(&mut *c).await?;
+        }
+        let now = agentd_core::time::now_millis();
+        for chunk in self.dirty.chunks(RUNS_PER_UPDATE) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("UPDATE runs SET last_seq = CASE id");
+            for id in chunk {
+                let Some(run) = self.runs.get_mut(id) else {
+                    // remember() keeps dirty runs and forget() follows a flush.
+                    return Err(sqlx::Error::Protocol(format!(
+                        "dirty run {id} left the cache"
+                    )));
+                };
+                run.dirty = false;
+                qb.push(" WHEN ").push_bind(id.as_str());
+                qb.push(" THEN ").push_bind(run.last_seq);
+            }
+            qb.push(" ELSE last_seq END, updated_at = ")
+                .push_bind(now)
+                .push(" WHERE id IN (");
+            let mut ids = qb.separated(", ");
+            for id in chunk {
+                ids.push_bind(id.as_str());
+            }
+            qb.push(")");
+            qb.build().execute(&mut *c).await?;
+        }
+        self.events.clear();
+        self.dirty.clear();
+        Ok(())
+    }
+}
