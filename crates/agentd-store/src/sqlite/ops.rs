@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::batch::{CachedRun, Ctx};
-use super::rows::{RUN_COLUMNS, RunRow};
+use super::rows::{LAST_SEQ_OF, RUN_COLUMNS, RUN_INSERT_COLUMNS, RunRow};
 use super::writer::Applied;
 use crate::{
     ClaimRequest, ClaimedRun, Control, ControlKind, CreateRunOutcome, Heartbeat, Lease, NewRun,
@@ -194,8 +194,8 @@ pub(crate) fn create_run<'c>(
             NewEvent::new(EventType::RunQueued, json!({"status": "queued"})),
         ];
         sqlx::query(&format!(
-            "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
-             (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO runs ({RUN_INSERT_COLUMNS}) VALUES \
+             (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&run.id)
         .bind(run.tenant_id.as_str())
@@ -211,7 +211,6 @@ pub(crate) fn create_run<'c>(
         .bind(serde_json::to_string(&run.usage).unwrap_or_else(|_| "{}".into()))
         .bind(Option::<String>::None)
         .bind(Option::<String>::None)
-        .bind(created.len() as i64)
         .bind(0_i64)
         .bind(&run.request_id)
         .bind(now)
@@ -322,11 +321,6 @@ pub(crate) fn claim_runs<'c>(
             }
             let stored = insert_events(c, &run.tenant_id, &id, run.last_seq, &events, now).await?;
             run.last_seq += stored.len() as i64;
-            sqlx::query("UPDATE runs SET last_seq = ? WHERE id = ?")
-                .bind(run.last_seq)
-                .bind(&id)
-                .execute(&mut *c)
-                .await?;
             published.extend(stored);
             ctx.remember(
                 id.clone(),
@@ -421,15 +415,15 @@ pub(crate) fn append<'c>(
         };
         // A state change: the writer flushed before this job, so the row is current.
         ctx.forget(lease.run_id());
-        let update = Some(update);
         let now = now_millis();
-        let current: Option<(String, i64, Option<String>, i64, String, String)> = sqlx::query_as(
-            "SELECT status, lease_epoch, lease_owner, last_seq, usage, session_id \
-             FROM runs WHERE id = ?",
-        )
-        .bind(lease.run_id())
-        .fetch_optional(&mut *c)
-        .await?;
+        let current: Option<(String, i64, Option<String>, i64, String, String)> =
+            sqlx::query_as(&format!(
+                "SELECT status, lease_epoch, lease_owner, {LAST_SEQ_OF}, usage, session_id \
+                 FROM runs WHERE id = ?"
+            ))
+            .bind(lease.run_id())
+            .fetch_optional(&mut *c)
+            .await?;
         let Some((status, epoch, owner, last_seq, usage, session_id)) = current else {
             return Ok(Applied::value(Err(StoreError::LeaseLost)));
         };
@@ -441,10 +435,9 @@ pub(crate) fn append<'c>(
         {
             return Ok(Applied::value(Err(StoreError::LeaseLost)));
         }
-        let next = match update.as_ref().map(|u| status.apply(u.transition)) {
-            Some(Err(illegal)) => return Ok(Applied::value(Err(illegal.into()))),
-            Some(Ok(next)) => Some(next),
-            None => None,
+        let next = match status.apply(update.transition) {
+            Err(illegal) => return Ok(Applied::value(Err(illegal.into()))),
+            Ok(next) => next,
         };
 
         let events = insert_events(
@@ -456,66 +449,49 @@ pub(crate) fn append<'c>(
             now,
         )
         .await?;
-        let last_seq = last_seq + events.len() as i64;
-        let mut wake = false;
-        match (update, next) {
-            (Some(u), Some(next)) => {
-                let mut total: agentd_core::Usage =
-                    serde_json::from_str(&usage).unwrap_or_default();
-                if let Some(add) = &u.usage {
-                    total.add(add);
-                }
-                let releases = next != RunStatus::Running;
-                wake = next.is_terminal();
-                sqlx::query(
-                    "UPDATE runs SET status = ?, output = COALESCE(?, output), usage = ?, \
-                     reason_code = COALESCE(?, reason_code), error = COALESCE(?, error), \
-                     last_seq = ?, updated_at = ?, \
-                     finished_at = CASE WHEN ? THEN ? ELSE finished_at END, \
-                     lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END, \
-                     lease_expires_at = CASE WHEN ? THEN NULL ELSE lease_expires_at END \
-                     WHERE id = ?",
-                )
-                .bind(next.as_str())
-                .bind(u.output.as_ref().map(|o| o.to_string()))
-                .bind(serde_json::to_string(&total).unwrap_or_else(|_| "{}".into()))
-                .bind(&u.reason_code)
-                .bind(&u.error)
-                .bind(last_seq)
-                .bind(now)
-                .bind(next.is_terminal())
-                .bind(now)
-                .bind(releases)
-                .bind(releases)
-                .bind(lease.run_id())
-                .execute(&mut *c)
-                .await?;
-                if !u.messages.is_empty() {
-                    append_messages(c, lease, &session_id, &u.messages, now).await?;
-                }
-                if u.consume_controls {
-                    sqlx::query(
-                        "UPDATE run_controls SET consumed_at = ? WHERE run_id = ? AND consumed_at IS NULL",
-                    )
-                    .bind(now)
-                    .bind(lease.run_id())
-                    .execute(&mut *c)
-                    .await?;
-                }
-            }
-            _ => {
-                sqlx::query("UPDATE runs SET last_seq = ?, updated_at = ? WHERE id = ?")
-                    .bind(last_seq)
-                    .bind(now)
-                    .bind(lease.run_id())
-                    .execute(&mut *c)
-                    .await?;
-            }
+        let mut total: agentd_core::Usage = serde_json::from_str(&usage).unwrap_or_default();
+        if let Some(add) = &update.usage {
+            total.add(add);
+        }
+        let releases = next != RunStatus::Running;
+        sqlx::query(
+            "UPDATE runs SET status = ?, output = COALESCE(?, output), usage = ?, \
+             reason_code = COALESCE(?, reason_code), error = COALESCE(?, error), \
+             updated_at = ?, \
+             finished_at = CASE WHEN ? THEN ? ELSE finished_at END, \
+             lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END, \
+             lease_expires_at = CASE WHEN ? THEN NULL ELSE lease_expires_at END \
+             WHERE id = ?",
+        )
+        .bind(next.as_str())
+        .bind(update.output.as_ref().map(|o| o.to_string()))
+        .bind(serde_json::to_string(&total).unwrap_or_else(|_| "{}".into()))
+        .bind(&update.reason_code)
+        .bind(&update.error)
+        .bind(now)
+        .bind(next.is_terminal())
+        .bind(now)
+        .bind(releases)
+        .bind(releases)
+        .bind(lease.run_id())
+        .execute(&mut *c)
+        .await?;
+        if !update.messages.is_empty() {
+            append_messages(c, lease, &session_id, &update.messages, now).await?;
+        }
+        if update.consume_controls {
+            sqlx::query(
+                "UPDATE run_controls SET consumed_at = ? WHERE run_id = ? AND consumed_at IS NULL",
+            )
+            .bind(now)
+            .bind(lease.run_id())
+            .execute(&mut *c)
+            .await?;
         }
         Ok(Applied {
             value: Ok(events.clone()),
             events,
-            wake_workers: wake,
+            wake_workers: next.is_terminal(),
             controls: Vec::new(),
         })
     })
@@ -532,9 +508,10 @@ async fn append_deferred(
     let run_id = lease.run_id();
     if ctx.cached(run_id).is_none() {
         // Not cached means no deferred appends either: the row is current.
-        let row: Option<(String, String, i64, Option<String>, i64)> = sqlx::query_as(
-            "SELECT tenant_id, status, lease_epoch, lease_owner, last_seq FROM runs WHERE id = ?",
-        )
+        let row: Option<(String, String, i64, Option<String>, i64)> = sqlx::query_as(&format!(
+            "SELECT tenant_id, status, lease_epoch, lease_owner, {LAST_SEQ_OF} \
+                 FROM runs WHERE id = ?"
+        ))
         .bind(run_id)
         .fetch_optional(&mut *c)
         .await?;
@@ -721,11 +698,10 @@ async fn cancel_one(
             run.updated_at = now;
             run.finished_at = Some(now);
             sqlx::query(
-                "UPDATE runs SET status = ?, last_seq = ?, updated_at = ?, finished_at = ?, \
+                "UPDATE runs SET status = ?, updated_at = ?, finished_at = ?, \
                  lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",
             )
             .bind(next.as_str())
-            .bind(run.last_seq)
             .bind(now)
             .bind(now)
             .bind(&run.id)

@@ -5,9 +5,21 @@ use agentd_core::{Event, EventType, Message, Run, RunStatus, Session, TenantId};
 
 use crate::StoreError;
 
+/// A run as selected. `last_seq` is derived from the log itself, so the hot
+/// append path writes events and nothing else.
 pub(crate) const RUN_COLUMNS: &str = "id, tenant_id, session_id, agent, status, input, \
     user_message, metadata, source, agent_config, output, usage, reason_code, error, \
-    last_seq, lease_epoch, request_id, created_at, updated_at, started_at, finished_at";
+    (SELECT COALESCE(MAX(e.seq), 0) FROM run_events e WHERE e.run_id = runs.id) AS last_seq, \
+    lease_epoch, request_id, created_at, updated_at, started_at, finished_at";
+
+/// The stored columns of `runs`, for INSERT.
+pub(crate) const RUN_INSERT_COLUMNS: &str = "id, tenant_id, session_id, agent, status, input, \
+    user_message, metadata, source, agent_config, output, usage, reason_code, error, \
+    lease_epoch, request_id, created_at, updated_at, started_at, finished_at";
+
+/// `last_seq` of the run whose id is the statement's parameter.
+pub(crate) const LAST_SEQ_OF: &str =
+    "(SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = runs.id)";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct RunRow {
