@@ -66,6 +66,17 @@ impl EventHub {
         }
     }
 
+    /// Whether anyone follows `run_id`: publishers skip building messages
+    /// nobody would receive. A reader that subscribes just after reads the
+    /// store after subscribing, so it misses nothing.
+    pub fn is_watched(&self, run_id: &str) -> bool {
+        self.inner
+            .runs
+            .lock()
+            .map(|r| r.contains_key(run_id))
+            .unwrap_or(false)
+    }
+
     /// Number of runs with at least one watcher (for metrics and tests).
     pub fn watched_runs(&self) -> usize {
         self.inner.runs.lock().map(|r| r.len()).unwrap_or(0)

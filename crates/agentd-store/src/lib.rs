@@ -80,13 +80,13 @@ pub trait Store: Send + Sync + 'static {
     /// running ones whose lease lapsed (recovery). Bumps each lease epoch.
     async fn claim_runs(&self, claim: ClaimRequest) -> Result<Vec<ClaimedRun>, StoreError>;
     /// Appends events, and optionally changes the run's state, if `lease` is
-    /// still current. Returns the durable events.
+    /// still current. Returns the run's `last_seq` once they are durable.
     async fn append(
         &self,
         lease: &Lease,
         events: Vec<NewEvent>,
         update: Option<RunUpdate>,
-    ) -> Result<Vec<Event>, StoreError>;
+    ) -> Result<i64, StoreError>;
     /// Extends every lease `owner` holds; returns which it still holds and the
     /// control rows pending for them.
     async fn heartbeat(&self, owner: &str, lease_ms: i64) -> Result<Heartbeat, StoreError>;

@@ -39,8 +39,8 @@ pub(crate) struct CachedRun {
 #[derive(Default)]
 pub(crate) struct Ctx {
     runs: HashMap<String, CachedRun>,
-    /// Deferred events with their tenant, in append order.
-    events: Vec<(TenantId, Event)>,
+    /// Deferred rows, in append order.
+    events: Vec<PendingRow>,
     /// Runs whose `last_seq` in the database is behind their cached one.
     dirty: Vec<String>,
 }
@@ -78,9 +78,15 @@ impl Ctx {
             run.dirty = true;
             self.dirty.push(run_id.to_owned());
         }
-        let tenant = run.tenant.clone();
-        self.events
-            .extend(events.iter().map(|e| (tenant.clone(), e.clone())));
+        let tenant = &run.tenant;
+        self.events.extend(events.iter().map(|e| PendingRow {
+            run_id: e.run_id.clone(),
+            seq: e.seq,
+            tenant: tenant.clone(),
+            kind: e.kind.as_str(),
+            payload: e.value.to_string(),
+            created_at: e.created_at,
+        }));
     }
 
     /// After a rollback nothing here can be trusted.
@@ -99,13 +105,13 @@ impl Ctx {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO run_events (run_id, seq, tenant_id, type, payload, created_at) ",
             );
-            qb.push_values(chunk, |mut b, (tenant, e)| {
-                b.push_bind(&e.run_id)
-                    .push_bind(e.seq)
-                    .push_bind(tenant.as_str())
-                    .push_bind(e.kind.as_str())
-                    .push_bind(e.value.to_string())
-                    .push_bind(e.created_at);
+            qb.push_values(chunk, |mut b, row| {
+                b.push_bind(&row.run_id)
+                    .push_bind(row.seq)
+                    .push_bind(row.tenant.as_str())
+                    .push_bind(row.kind)
+                    .push_bind(&row.payload)
+                    .push_bind(row.created_at);
             });
             qb.build().execute(&mut *c).await?;
         }
@@ -117,4 +123,14 @@ impl Ctx {
         self.events.clear();
         Ok(())
     }
+}
+
+/// An event row waiting for the flush, its payload already serialized.
+struct PendingRow {
+    run_id: String,
+    seq: i64,
+    tenant: TenantId,
+    kind: &'static str,
+    payload: String,
+    created_at: i64,
 }

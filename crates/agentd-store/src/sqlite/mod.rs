@@ -289,7 +289,7 @@ impl Store for SqliteStore {
         lease: &Lease,
         events: Vec<NewEvent>,
         update: Option<RunUpdate>,
-    ) -> Result<Vec<Event>, StoreError> {
+    ) -> Result<i64, StoreError> {
         let args = (lease.clone(), events, update);
         if args.2.is_none() {
             self.writer.submit_deferrable(ops::append, args).await?

@@ -408,7 +408,7 @@ pub(crate) fn append<'c>(
     c: &'c mut SqliteConnection,
     ctx: &'c mut Ctx,
     (lease, new_events, update): &'c AppendArgs,
-) -> Op<'c, Result<Vec<Event>, StoreError>> {
+) -> Op<'c, Result<i64, StoreError>> {
     Box::pin(async move {
         let Some(update) = update else {
             return append_deferred(c, ctx, lease, new_events).await;
@@ -489,7 +489,7 @@ pub(crate) fn append<'c>(
             .await?;
         }
         Ok(Applied {
-            value: Ok(events.clone()),
+            value: Ok(last_seq + events.len() as i64),
             events,
             wake_workers: next.is_terminal(),
             controls: Vec::new(),
@@ -504,7 +504,7 @@ async fn append_deferred(
     ctx: &mut Ctx,
     lease: &Lease,
     new_events: &[NewEvent],
-) -> sqlx::Result<Applied<Result<Vec<Event>, StoreError>>> {
+) -> sqlx::Result<Applied<Result<i64, StoreError>>> {
     let run_id = lease.run_id();
     if ctx.cached(run_id).is_none() {
         // Not cached means no deferred appends either: the row is current.
@@ -553,9 +553,10 @@ async fn append_deferred(
         })
         .collect();
     run.last_seq += events.len() as i64;
+    let last_seq = run.last_seq;
     ctx.defer(run_id, &events);
     Ok(Applied {
-        value: Ok(events.clone()),
+        value: Ok(last_seq),
         events,
         wake_workers: false,
         controls: Vec::new(),
