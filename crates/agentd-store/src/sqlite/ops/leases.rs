@@ -1,0 +1,211 @@
+//! The worker side: claims, heartbeats, releases.
+
+use super::*;
+
+pub(crate) fn claim_runs<'c>(
+    c: &'c mut SqliteConnection,
+    ctx: &'c mut Ctx,
+    req: &'c ClaimRequest,
+) -> Op<'c, Vec<ClaimedRun>> {
+    Box::pin(async move {
+        let now = now_millis();
+        // Lapsed leases first (recovery), then queued runs that are first in
+        // their session. Two queries, each on its own index, so neither scans
+        // the other's rows.
+        let mut candidates: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, status FROM runs INDEXED BY runs_by_lease WHERE status = 'running' \
+             AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?",
+        )
+        .bind(now)
+        .bind(req.max as i64)
+        .fetch_all(&mut *c)
+        .await?;
+        let room = req.max.saturating_sub(candidates.len());
+        if room > 0 {
+            let queued: Vec<(String, String)> = sqlx::query_as(
+                "SELECT r.id, r.status FROM runs r WHERE r.status = 'queued' \
+                 AND NOT EXISTS (SELECT 1 FROM runs p WHERE p.tenant_id = r.tenant_id \
+                     AND p.session_id = r.session_id \
+                     AND p.status IN ('queued', 'running', 'awaiting_input') \
+                     AND (p.created_at < r.created_at \
+                       OR (p.created_at = r.created_at AND p.id < r.id))) \
+                 ORDER BY r.created_at, r.id LIMIT ?",
+            )
+            .bind(room as i64)
+            .fetch_all(&mut *c)
+            .await?;
+            candidates.extend(queued);
+        }
+
+        let mut claimed = Vec::with_capacity(candidates.len());
+        let mut published = Vec::new();
+        for (id, status) in candidates {
+            let recovered = status == RunStatus::Running.as_str();
+            sqlx::query(
+                "UPDATE runs SET status = 'running', lease_epoch = lease_epoch + 1, \
+                 lease_owner = ?, lease_expires_at = ?, started_at = COALESCE(started_at, ?), \
+                 updated_at = ? WHERE id = ?",
+            )
+            .bind(&*req.owner)
+            .bind(now + req.lease_ms)
+            .bind(now)
+            .bind(now)
+            .bind(&id)
+            .execute(&mut *c)
+            .await?;
+            let Some(mut run) = load_run(c, &id).await? else {
+                continue;
+            };
+            let mut events = Vec::new();
+            if recovered {
+                if let Some(orphan) = orphaned_step(c, &id).await? {
+                    events.push(orphan);
+                }
+                events.push(NewEvent::new(
+                    EventType::WorkerRecovered,
+                    json!({"worker": &*req.owner, "lease_epoch": run.lease_epoch}),
+                ));
+            } else {
+                events.push(NewEvent::new(
+                    EventType::WorkerStarted,
+                    json!({"worker": &*req.owner, "lease_epoch": run.lease_epoch}),
+                ));
+            }
+            let stored = insert_events(c, &run.tenant_id, &id, run.last_seq, &events, now).await?;
+            run.last_seq += stored.len() as i64;
+            published.extend(stored);
+            ctx.remember(
+                id.clone(),
+                CachedRun {
+                    tenant: run.tenant_id.clone(),
+                    status: RunStatus::Running,
+                    epoch: run.lease_epoch,
+                    owner: Some(req.owner.clone()),
+                    last_seq: run.last_seq,
+                    dirty: false,
+                },
+            );
+            let controls = pending_controls(c, &id).await?;
+            claimed.push(ClaimedRun {
+                lease: Lease::new(
+                    id,
+                    run.tenant_id.clone(),
+                    run.lease_epoch,
+                    req.owner.clone(),
+                ),
+                run,
+                recovered,
+                controls,
+            });
+        }
+        Ok(Applied {
+            value: claimed,
+            events: published,
+            wake_workers: false,
+            controls: Vec::new(),
+        })
+    })
+}
+
+/// The `step.done {retry_step}` that closes an attempt its worker never finished.
+async fn orphaned_step(c: &mut SqliteConnection, run_id: &str) -> sqlx::Result<Option<NewEvent>> {
+    let last: Option<(String, String)> = sqlx::query_as(
+        "SELECT type, payload FROM run_events WHERE run_id = ? \
+         AND type IN ('step.started', 'step.done') ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *c)
+    .await?;
+    let Some((kind, payload)) = last else {
+        return Ok(None);
+    };
+    if kind != EventType::StepStarted.as_str() {
+        return Ok(None);
+    }
+    let started: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
+    let step_id = started["step_id"].as_str().unwrap_or_default();
+    let attempt = started["attempt"].as_u64().unwrap_or(1) as u32;
+    Ok(Some(step_done(
+        step_id,
+        attempt,
+        StepOutcome::RetryStep,
+        Some("WORKER_LOST"),
+        json!({}),
+    )))
+}
+
+async fn pending_controls(c: &mut SqliteConnection, run_id: &str) -> sqlx::Result<Vec<Control>> {
+    let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+        "SELECT id, run_id, kind, payload FROM run_controls \
+         WHERE run_id = ? AND consumed_at IS NULL ORDER BY id",
+    )
+    .bind(run_id)
+    .fetch_all(c)
+    .await?;
+    Ok(rows.into_iter().filter_map(control_of).collect())
+}
+
+fn control_of((id, run_id, kind, payload): (i64, String, String, String)) -> Option<Control> {
+    Some(Control {
+        id,
+        run_id,
+        kind: ControlKind::parse(&kind)?,
+        payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
+    })
+}
+
+pub(crate) fn heartbeat<'c>(
+    c: &'c mut SqliteConnection,
+    _ctx: &'c mut Ctx,
+    (owner, lease_ms): &'c (String, i64),
+) -> Op<'c, Heartbeat> {
+    Box::pin(async move {
+        let now = now_millis();
+        sqlx::query(
+            "UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'running'",
+        )
+        .bind(now + lease_ms)
+        .bind(owner)
+        .execute(&mut *c)
+        .await?;
+        let held: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT id, lease_epoch FROM runs WHERE lease_owner = ? AND status = 'running'",
+        )
+        .bind(owner)
+        .fetch_all(&mut *c)
+        .await?;
+        let controls: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT c.id, c.run_id, c.kind, c.payload FROM run_controls c \
+             JOIN runs r ON r.id = c.run_id \
+             WHERE r.lease_owner = ? AND r.status = 'running' AND c.consumed_at IS NULL \
+             ORDER BY c.id",
+        )
+        .bind(owner)
+        .fetch_all(&mut *c)
+        .await?;
+        Ok(Applied::value(Heartbeat {
+            held: held.into_iter().collect(),
+            controls: controls.into_iter().filter_map(control_of).collect(),
+        }))
+    })
+}
+
+pub(crate) fn release_leases<'c>(
+    c: &'c mut SqliteConnection,
+    ctx: &'c mut Ctx,
+    owner: &'c String,
+) -> Op<'c, ()> {
+    Box::pin(async move {
+        sqlx::query(
+            "UPDATE runs SET lease_owner = NULL, lease_expires_at = 0 \
+             WHERE lease_owner = ? AND status = 'running'",
+        )
+        .bind(owner)
+        .execute(c)
+        .await?;
+        ctx.forget_all();
+        let mut applied = Applied::value(());
+        applied.wake_workers = true;
+        Ok(applied)
+    })
+}

@@ -1,0 +1,118 @@
+//! Write operations, each run by the writer inside a group transaction.
+//!
+//! Each is a plain function returning a boxed future so the writer can queue
+//! them uniformly. SQL errors (`sqlx::Error`) abort the batch; domain outcomes
+//! (a taken id, a lost lease) are values in the result and abort nothing.
+//! Every operation that changes a run's row other than by a deferred append
+//! forgets it in the writer's cache ([`super::batch::Ctx`]).
+
+mod appends;
+mod leases;
+mod runs;
+mod sessions;
+
+pub(crate) use appends::append;
+pub(crate) use leases::{claim_runs, heartbeat, release_leases};
+use runs::cancel_one;
+pub(crate) use runs::{cancel_run, create_run};
+pub(crate) use sessions::{create_session, delete_session};
+
+use agentd_core::event::payload::{StepOutcome, step_done};
+use agentd_core::time::now_millis;
+use agentd_core::{Event, EventType, NewEvent, Run, RunStatus, RunTransition, Session, TenantId};
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use super::batch::{CachedRun, Ctx};
+use super::rows::{LAST_SEQ_OF, RUN_COLUMNS, RUN_INSERT_COLUMNS, RunRow};
+use super::writer::Applied;
+use crate::{
+    ClaimRequest, ClaimedRun, Control, ControlKind, CreateRunOutcome, Heartbeat, Lease, NewRun,
+    NewSession, RunUpdate, SessionTarget, StoreError,
+};
+
+/// How long an idempotency key is remembered (DESIGN §3).
+pub(crate) const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+
+type Op<'c, R> = BoxFuture<'c, sqlx::Result<Applied<R>>>;
+
+async fn load_run(c: &mut SqliteConnection, id: &str) -> sqlx::Result<Option<Run>> {
+    let row: Option<RunRow> =
+        sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(c)
+            .await?;
+    row.map(Run::try_from).transpose().map_err(corrupt)
+}
+
+/// Domain decoding errors inside a write surface as SQL errors: they abort
+/// the job, which is then retried alone and reported.
+fn corrupt(e: StoreError) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(e))
+}
+
+async fn insert_session(c: &mut SqliteConnection, s: &NewSession) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO sessions (tenant_id, id, agent, metadata, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(s.tenant_id.as_str())
+    .bind(&s.id)
+    .bind(&s.agent)
+    .bind(s.metadata.to_string())
+    .bind(s.created_at)
+    .bind(s.created_at)
+    .execute(c)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+fn session_of(s: &NewSession) -> Session {
+    Session {
+        tenant_id: s.tenant_id.clone(),
+        id: s.id.clone(),
+        agent: s.agent.clone(),
+        metadata: s.metadata.clone(),
+        created_at: s.created_at,
+        updated_at: s.created_at,
+    }
+}
+
+/// Appends `events` after `last_seq` in one statement; returns them durable-to-be.
+async fn insert_events(
+    c: &mut SqliteConnection,
+    tenant: &TenantId,
+    run_id: &str,
+    last_seq: i64,
+    events: &[NewEvent],
+    now: i64,
+) -> sqlx::Result<Vec<Event>> {
+    let stored: Vec<Event> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Event {
+            run_id: run_id.to_owned(),
+            seq: last_seq + 1 + i as i64,
+            kind: e.kind,
+            created_at: now,
+            value: e.value.clone(),
+        })
+        .collect();
+    // 6 parameters a row; stay well under SQLite's variable limit.
+    for chunk in stored.chunks(500) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO run_events (run_id, seq, tenant_id, type, payload, created_at) ",
+        );
+        qb.push_values(chunk, |mut b, e| {
+            b.push_bind(&e.run_id)
+                .push_bind(e.seq)
+                .push_bind(tenant.as_str())
+                .push_bind(e.kind.as_str())
+                .push_bind(e.value.to_string())
+                .push_bind(e.created_at);
+        });
+        qb.build().execute(&mut *c).await?;
+    }
+    Ok(stored)
+}

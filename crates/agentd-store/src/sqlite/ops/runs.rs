@@ -1,0 +1,244 @@
+//! Runs from the client side: create (with idempotency) and cancel.
+
+use super::*;
+
+pub(crate) fn create_run<'c>(
+    c: &'c mut SqliteConnection,
+    _ctx: &'c mut Ctx,
+    new: &'c NewRun,
+) -> Op<'c, Result<CreateRunOutcome, StoreError>> {
+    Box::pin(async move {
+        let run = &new.run;
+        let now = run.created_at;
+        if let Some(idem) = &new.idempotency {
+            let prior: Option<(String, i64, String, i64)> = sqlx::query_as(
+                "SELECT fingerprint, status, body, created_at FROM idempotency_keys \
+                 WHERE tenant_id = ? AND route = ? AND key = ?",
+            )
+            .bind(run.tenant_id.as_str())
+            .bind(&idem.route)
+            .bind(&idem.key)
+            .fetch_optional(&mut *c)
+            .await?;
+            if let Some((fingerprint, status, body, created_at)) = prior {
+                if created_at > now - IDEMPOTENCY_TTL_MS {
+                    let value = if fingerprint == idem.fingerprint {
+                        serde_json::from_str(&body)
+                            .map(|body| CreateRunOutcome::Replayed {
+                                status: status as u16,
+                                body,
+                            })
+                            .map_err(StoreError::from)
+                    } else {
+                        Err(StoreError::IdempotencyKeyReused)
+                    };
+                    return Ok(Applied::value(value));
+                }
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE tenant_id = ? AND route = ? AND key = ?",
+                )
+                .bind(run.tenant_id.as_str())
+                .bind(&idem.route)
+                .bind(&idem.key)
+                .execute(&mut *c)
+                .await?;
+            }
+        }
+
+        match &new.session {
+            SessionTarget::Existing(id) => {
+                let found: Option<(i64,)> =
+                    sqlx::query_as("SELECT 1 FROM sessions WHERE tenant_id = ? AND id = ?")
+                        .bind(run.tenant_id.as_str())
+                        .bind(id)
+                        .fetch_optional(&mut *c)
+                        .await?;
+                if found.is_none() {
+                    return Ok(Applied::value(Err(StoreError::SessionNotFound)));
+                }
+            }
+            SessionTarget::New(s) => {
+                if !insert_session(c, s).await? {
+                    return Ok(Applied::value(Err(StoreError::SessionExists)));
+                }
+            }
+        }
+
+        let created = vec![
+            NewEvent::new(
+                EventType::RunCreated,
+                json!({
+                    "session_id": run.session_id,
+                    "agent": run.agent,
+                    "input": run.input,
+                    "metadata": run.metadata,
+                }),
+            ),
+            NewEvent::new(EventType::RunQueued, json!({"status": "queued"})),
+        ];
+        sqlx::query(&format!(
+            "INSERT INTO runs ({RUN_INSERT_COLUMNS}) VALUES \
+             (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&run.id)
+        .bind(run.tenant_id.as_str())
+        .bind(&run.session_id)
+        .bind(&run.agent)
+        .bind(RunStatus::Queued.as_str())
+        .bind(run.input.to_string())
+        .bind(&run.user_message)
+        .bind(run.metadata.to_string())
+        .bind(serde_json::to_string(&run.source).unwrap_or_else(|_| "{}".into()))
+        .bind(run.agent_config.to_string())
+        .bind(Option::<String>::None)
+        .bind(serde_json::to_string(&run.usage).unwrap_or_else(|_| "{}".into()))
+        .bind(Option::<String>::None)
+        .bind(Option::<String>::None)
+        .bind(0_i64)
+        .bind(&run.request_id)
+        .bind(now)
+        .bind(now)
+        .bind(Option::<i64>::None)
+        .bind(Option::<i64>::None)
+        .execute(&mut *c)
+        .await?;
+        let events = insert_events(c, &run.tenant_id, &run.id, 0, &created, now).await?;
+
+        if let Some(idem) = &new.idempotency {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (tenant_id, route, key, fingerprint, status, body, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(run.tenant_id.as_str())
+            .bind(&idem.route)
+            .bind(&idem.key)
+            .bind(&idem.fingerprint)
+            .bind(idem.status as i64)
+            .bind(idem.body.to_string())
+            .bind(now)
+            .execute(&mut *c)
+            .await?;
+        }
+
+        let mut stored = run.clone();
+        stored.status = RunStatus::Queued;
+        stored.last_seq = events.len() as i64;
+        debug_assert_eq!(stored.last_seq, crate::CREATION_EVENTS);
+        Ok(Applied {
+            value: Ok(CreateRunOutcome::Created(Box::new(stored))),
+            events,
+            wake_workers: true,
+            controls: Vec::new(),
+        })
+    })
+}
+
+/// What cancelling one run did, folded into the caller's `Applied`.
+pub(super) struct Cancelled {
+    pub run: Run,
+    pub events: Vec<Event>,
+    pub wake: bool,
+    pub control: bool,
+}
+
+pub(super) async fn cancel_one(
+    c: &mut SqliteConnection,
+    ctx: &mut Ctx,
+    mut run: Run,
+) -> sqlx::Result<Cancelled> {
+    ctx.forget(&run.id);
+    let now = now_millis();
+    match run.status {
+        RunStatus::Succeeded
+        | RunStatus::Failed
+        | RunStatus::Cancelled
+        | RunStatus::LimitExceeded => Ok(Cancelled {
+            run,
+            events: Vec::new(),
+            wake: false,
+            control: false,
+        }),
+        RunStatus::Queued | RunStatus::AwaitingInput => {
+            // No lease holder: cancel here and now.
+            let next = run
+                .status
+                .apply(RunTransition::Cancel)
+                .map_err(|e| corrupt(e.into()))?;
+            let events = insert_events(
+                c,
+                &run.tenant_id,
+                &run.id,
+                run.last_seq,
+                &[NewEvent::new(
+                    EventType::Cancelled,
+                    json!({"reason": "cancelled by client", "from": run.status}),
+                )],
+                now,
+            )
+            .await?;
+            run.last_seq += events.len() as i64;
+            run.status = next;
+            run.updated_at = now;
+            run.finished_at = Some(now);
+            sqlx::query(
+                "UPDATE runs SET status = ?, updated_at = ?, finished_at = ?, \
+                 lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",
+            )
+            .bind(next.as_str())
+            .bind(now)
+            .bind(now)
+            .bind(&run.id)
+            .execute(&mut *c)
+            .await?;
+            Ok(Cancelled {
+                run,
+                events,
+                wake: true,
+                control: false,
+            })
+        }
+        RunStatus::Running => {
+            // Its lease holder stops it; tell it through a control row.
+            sqlx::query(
+                "INSERT INTO run_controls (tenant_id, run_id, kind, payload, created_at) \
+                 SELECT ?, ?, 'cancel', '{}', ? WHERE NOT EXISTS (SELECT 1 FROM run_controls \
+                 WHERE run_id = ? AND kind = 'cancel' AND consumed_at IS NULL)",
+            )
+            .bind(run.tenant_id.as_str())
+            .bind(&run.id)
+            .bind(now)
+            .bind(&run.id)
+            .execute(&mut *c)
+            .await?;
+            Ok(Cancelled {
+                run,
+                events: Vec::new(),
+                wake: true,
+                control: true,
+            })
+        }
+    }
+}
+
+pub(crate) fn cancel_run<'c>(
+    c: &'c mut SqliteConnection,
+    ctx: &'c mut Ctx,
+    (tenant, id): &'c (TenantId, String),
+) -> Op<'c, Option<Run>> {
+    Box::pin(async move {
+        let Some(run) = load_run(c, id).await?.filter(|r| &r.tenant_id == tenant) else {
+            return Ok(Applied::value(None));
+        };
+        let done = cancel_one(c, ctx, run).await?;
+        Ok(Applied {
+            controls: if done.control {
+                vec![done.run.id.clone()]
+            } else {
+                Vec::new()
+            },
+            value: Some(done.run),
+            events: done.events,
+            wake_workers: done.wake,
+        })
+    })
+}
