@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::agents::AgentSnapshot;
+use crate::appender::{Appender, AppenderClosed};
 use crate::models::{self, ChatMessage, ModelDelta, ModelError, ModelRequest, Role};
 use crate::worker::RunHandle;
 
@@ -25,6 +26,14 @@ pub(crate) struct RunContext {
     pub store: Arc<dyn Store>,
     pub http: reqwest::Client,
     pub handle: RunHandle,
+    /// The run's plain appends (step boundaries, deltas), in order.
+    pub appender: Appender,
+}
+
+impl From<AppenderClosed> for Stop {
+    fn from(_: AppenderClosed) -> Stop {
+        Stop::Abandoned
+    }
 }
 
 /// Why the loop stopped early.
@@ -49,6 +58,8 @@ pub(crate) async fn drive(ctx: RunContext, claimed: ClaimedRun) {
     let lease = claimed.lease.clone();
     let result = run_to_end(&ctx, &claimed).await;
     if let Err(Stop::Cancelled) = result {
+        // Queued deltas first, so the terminal event stays last.
+        let _ = ctx.appender.flush().await;
         let events = vec![NewEvent::new(
             EventType::Cancelled,
             json!({"reason": "cancelled by client", "from": "running"}),
@@ -109,14 +120,9 @@ async fn run_to_end(ctx: &RunContext, claimed: &ClaimedRun) -> Result<(), Stop> 
     let mut usage = Usage::default();
     let max_attempts = agent.model.max_retries + 1;
     loop {
-        append(
-            ctx,
-            lease,
-            vec![step_started(step_id, attempt, StepKind::Model)],
-        )
-        .await?;
+        append(ctx, vec![step_started(step_id, attempt, StepKind::Model)])?;
         usage.model_calls += 1;
-        match model_step(ctx, lease, &agent, &request, step_id, attempt).await? {
+        match model_step(ctx, &agent, &request, step_id, attempt).await? {
             Ok((text, step_usage)) => {
                 usage.add(&step_usage);
                 let events = vec![
@@ -140,6 +146,7 @@ async fn run_to_end(ctx: &RunContext, claimed: &ClaimedRun) -> Result<(), Stop> 
                     ("assistant".to_owned(), text),
                 ];
                 update.consume_controls = true;
+                ctx.appender.flush().await?;
                 ctx.store.append(lease, events, Some(update)).await?;
                 return Ok(());
             }
@@ -154,7 +161,7 @@ async fn run_to_end(ctx: &RunContext, claimed: &ClaimedRun) -> Result<(), Stop> 
                     Some(reason_code),
                     json!({"error": message}),
                 );
-                append(ctx, lease, vec![done]).await?;
+                append(ctx, vec![done])?;
                 let backoff = backoff(agent.model.retry_backoff_ms, attempt);
                 tokio::select! {
                     _ = ctx.handle.cancel.cancelled() => return Err(Stop::Cancelled),
@@ -186,8 +193,9 @@ async fn run_to_end(ctx: &RunContext, claimed: &ClaimedRun) -> Result<(), Stop> 
     }
 }
 
-async fn append(ctx: &RunContext, lease: &Lease, events: Vec<NewEvent>) -> Result<(), Stop> {
-    ctx.store.append(lease, events, None).await?;
+/// Queues plain events; they are written in order behind the loop's back.
+fn append(ctx: &RunContext, events: Vec<NewEvent>) -> Result<(), Stop> {
+    ctx.appender.send(events)?;
     Ok(())
 }
 
@@ -226,6 +234,7 @@ async fn fail_with(
     update.error = Some(message.to_owned());
     update.usage = Some(usage);
     update.consume_controls = true;
+    ctx.appender.flush().await?;
     ctx.store.append(lease, events, Some(update)).await?;
     Ok(())
 }
@@ -261,7 +270,6 @@ fn backoff(base_ms: u64, attempt: u32) -> Duration {
 /// `Result` stops the run; the inner one is the call's own outcome.
 async fn model_step(
     ctx: &RunContext,
-    lease: &Lease,
     agent: &AgentSnapshot,
     request: &ModelRequest,
     step_id: &str,
@@ -287,7 +295,7 @@ async fn model_step(
             _ = ctx.handle.abandon.cancelled() => return Err(Stop::Abandoned),
             _ = ctx.handle.cancel.cancelled() => return Err(Stop::Cancelled),
             _ = sleep_until(flush_at), if flush_at.is_some() => {
-                flush(ctx, lease, step_id, attempt, &mut pending).await?;
+                flush(ctx, step_id, attempt, &mut pending)?;
                 last_flush = Instant::now();
             }
             item = stream.next() => match item {
@@ -295,14 +303,14 @@ async fn model_step(
                     text.push_str(&delta);
                     pending.push_str(&delta);
                     if last_flush.elapsed() >= COALESCE {
-                        flush(ctx, lease, step_id, attempt, &mut pending).await?;
+                        flush(ctx, step_id, attempt, &mut pending)?;
                         last_flush = Instant::now();
                     }
                 }
                 Some(Ok(ModelDelta::Usage(u))) => usage = u,
                 Some(Err(e)) => return Ok(Err(e)),
                 None => {
-                    flush(ctx, lease, step_id, attempt, &mut pending).await?;
+                    flush(ctx, step_id, attempt, &mut pending)?;
                     return Ok(Ok((text, usage)));
                 }
             }
@@ -317,16 +325,10 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-async fn flush(
-    ctx: &RunContext,
-    lease: &Lease,
-    step_id: &str,
-    attempt: u32,
-    pending: &mut String,
-) -> Result<(), Stop> {
+fn flush(ctx: &RunContext, step_id: &str, attempt: u32, pending: &mut String) -> Result<(), Stop> {
     if pending.is_empty() {
         return Ok(());
     }
     let delta = std::mem::take(pending);
-    append(ctx, lease, vec![content_delta(step_id, attempt, &delta)]).await
+    append(ctx, vec![content_delta(step_id, attempt, &delta)])
 }

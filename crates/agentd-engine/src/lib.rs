@@ -7,6 +7,7 @@
 
 mod agent_loop;
 pub mod agents;
+mod appender;
 pub mod models;
 mod worker;
 

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agent_loop;
+use crate::appender::Appender;
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -225,6 +226,7 @@ impl Engine {
                 store: engine.inner.store.clone(),
                 http: engine.inner.http.clone(),
                 handle,
+                appender: Appender::start(engine.inner.store.clone(), claimed.lease.clone()),
             };
             agent_loop::drive(ctx, claimed).await;
             engine

@@ -1,0 +1,91 @@
+//! A run's plain appends, written in order without holding up the model
+//! stream: the agent loop queues events here and goes back to reading, and
+//! one task per run writes them, putting everything that queued while the
+//! previous append committed into the next one.
+
+use std::sync::Arc;
+
+use agentd_core::NewEvent;
+use agentd_store::{Lease, Store, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+enum Msg {
+    Events(Vec<NewEvent>),
+    /// Answered once everything queued before it is durable.
+    Barrier(oneshot::Sender<bool>),
+}
+
+/// Why the appender stopped: the run must stop writing.
+#[derive(Debug)]
+pub(crate) struct AppenderClosed;
+
+pub(crate) struct Appender {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Appender {
+    pub fn start(store: Arc<dyn Store>, lease: Lease) -> Appender {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_in_order(store, lease, rx));
+        Appender { tx }
+    }
+
+    pub fn send(&self, events: Vec<NewEvent>) -> Result<(), AppenderClosed> {
+        self.tx
+            .send(Msg::Events(events))
+            .map_err(|_| AppenderClosed)
+    }
+
+    /// Waits until everything sent so far is durable. State changes (which
+    /// the loop appends itself) go after this, so they stay last.
+    pub async fn flush(&self) -> Result<(), AppenderClosed> {
+        let (done, written) = oneshot::channel();
+        self.tx
+            .send(Msg::Barrier(done))
+            .map_err(|_| AppenderClosed)?;
+        match written.await {
+            Ok(true) => Ok(()),
+            _ => Err(AppenderClosed),
+        }
+    }
+}
+
+async fn write_in_order(store: Arc<dyn Store>, lease: Lease, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    while let Some(first) = rx.recv().await {
+        let mut events = Vec::new();
+        let mut barriers = Vec::new();
+        let mut take = |msg| match msg {
+            Msg::Events(e) => events.extend(e),
+            Msg::Barrier(b) => barriers.push(b),
+        };
+        take(first);
+        while let Ok(msg) = rx.try_recv() {
+            take(msg);
+        }
+        let ok = if events.is_empty() {
+            true
+        } else {
+            match store.append(&lease, events, None).await {
+                Ok(_) => true,
+                Err(StoreError::LeaseLost) => {
+                    tracing::warn!(
+                        run = lease.run_id(),
+                        "lease lost to another worker; stopping"
+                    );
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(run = lease.run_id(), error = %e, "store write failed; abandoning run");
+                    false
+                }
+            }
+        };
+        for b in barriers {
+            let _ = b.send(ok);
+        }
+        if !ok {
+            // Dropping the receiver makes every later send fail: the run stops.
+            return;
+        }
+    }
+}
