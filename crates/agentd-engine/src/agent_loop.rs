@@ -120,7 +120,7 @@ async fn run_to_end(ctx: &RunContext, claimed: &ClaimedRun) -> Result<(), Stop> 
     let mut usage = Usage::default();
     let max_attempts = agent.model.max_retries + 1;
     loop {
-        append(ctx, vec![step_started(step_id, attempt, StepKind::Model)])?;
+        append(ctx, vec![step_started(step_id, attempt, StepKind::Model)]).await?;
         usage.model_calls += 1;
         match model_step(ctx, &agent, &request, step_id, attempt).await? {
             Ok((text, step_usage)) => {
@@ -161,7 +161,7 @@ async fn run_to_end(ctx: &RunContext, claimed: &ClaimedRun) -> Result<(), Stop> 
                     Some(reason_code),
                     json!({"error": message}),
                 );
-                append(ctx, vec![done])?;
+                append(ctx, vec![done]).await?;
                 let backoff = backoff(agent.model.retry_backoff_ms, attempt);
                 tokio::select! {
                     _ = ctx.handle.cancel.cancelled() => return Err(Stop::Cancelled),
@@ -194,8 +194,8 @@ async fn run_to_end(ctx: &RunContext, claimed: &ClaimedRun) -> Result<(), Stop> 
 }
 
 /// Queues plain events; they are written in order behind the loop's back.
-fn append(ctx: &RunContext, events: Vec<NewEvent>) -> Result<(), Stop> {
-    ctx.appender.send(events)?;
+async fn append(ctx: &RunContext, events: Vec<NewEvent>) -> Result<(), Stop> {
+    ctx.appender.send(events).await?;
     Ok(())
 }
 
@@ -295,7 +295,7 @@ async fn model_step(
             _ = ctx.handle.abandon.cancelled() => return Err(Stop::Abandoned),
             _ = ctx.handle.cancel.cancelled() => return Err(Stop::Cancelled),
             _ = sleep_until(flush_at), if flush_at.is_some() => {
-                flush(ctx, step_id, attempt, &mut pending)?;
+                flush(ctx, step_id, attempt, &mut pending).await?;
                 last_flush = Instant::now();
             }
             item = stream.next() => match item {
@@ -303,14 +303,14 @@ async fn model_step(
                     text.push_str(&delta);
                     pending.push_str(&delta);
                     if last_flush.elapsed() >= COALESCE {
-                        flush(ctx, step_id, attempt, &mut pending)?;
+                        flush(ctx, step_id, attempt, &mut pending).await?;
                         last_flush = Instant::now();
                     }
                 }
                 Some(Ok(ModelDelta::Usage(u))) => usage = u,
                 Some(Err(e)) => return Ok(Err(e)),
                 None => {
-                    flush(ctx, step_id, attempt, &mut pending)?;
+                    flush(ctx, step_id, attempt, &mut pending).await?;
                     return Ok(Ok((text, usage)));
                 }
             }
@@ -325,10 +325,15 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-fn flush(ctx: &RunContext, step_id: &str, attempt: u32, pending: &mut String) -> Result<(), Stop> {
+async fn flush(
+    ctx: &RunContext,
+    step_id: &str,
+    attempt: u32,
+    pending: &mut String,
+) -> Result<(), Stop> {
     if pending.is_empty() {
         return Ok(());
     }
     let delta = std::mem::take(pending);
-    append(ctx, vec![content_delta(step_id, attempt, &delta)])
+    append(ctx, vec![content_delta(step_id, attempt, &delta)]).await
 }

@@ -1,7 +1,7 @@
 //! A run's plain appends, written in order without holding up the model
-//! stream: the agent loop queues events here and goes back to reading, and
-//! one task per run writes them, putting everything that queued while the
-//! previous append committed into the next one.
+//! stream: the agent loop queues events here (up to a bound) and goes back to
+//! reading, and one task per run writes them, putting everything that queued
+//! while the previous append committed into the next one.
 
 use std::sync::Arc;
 
@@ -19,20 +19,26 @@ enum Msg {
 #[derive(Debug)]
 pub(crate) struct AppenderClosed;
 
+/// Messages queued per run before the loop waits: enough to ride out a slow
+/// commit, few enough that a saturated writer slows the model stream down
+/// instead of filling memory.
+const QUEUE: usize = 64;
+
 pub(crate) struct Appender {
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::Sender<Msg>,
 }
 
 impl Appender {
     pub fn start(store: Arc<dyn Store>, lease: Lease) -> Appender {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(write_in_order(store, lease, rx));
         Appender { tx }
     }
 
-    pub fn send(&self, events: Vec<NewEvent>) -> Result<(), AppenderClosed> {
+    pub async fn send(&self, events: Vec<NewEvent>) -> Result<(), AppenderClosed> {
         self.tx
             .send(Msg::Events(events))
+            .await
             .map_err(|_| AppenderClosed)
     }
 
@@ -42,6 +48,7 @@ impl Appender {
         let (done, written) = oneshot::channel();
         self.tx
             .send(Msg::Barrier(done))
+            .await
             .map_err(|_| AppenderClosed)?;
         match written.await {
             Ok(true) => Ok(()),
@@ -50,7 +57,7 @@ impl Appender {
     }
 }
 
-async fn write_in_order(store: Arc<dyn Store>, lease: Lease, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn write_in_order(store: Arc<dyn Store>, lease: Lease, mut rx: mpsc::Receiver<Msg>) {
     while let Some(first) = rx.recv().await {
         let mut events = Vec::new();
         let mut barriers = Vec::new();
