@@ -198,3 +198,29 @@ async fn one_process_per_data_dir() {
         Err(agentd_store::sqlite::OpenError::Locked(_))
     ));
 }
+
+#[tokio::test]
+async fn a_cancel_for_a_dead_worker_reaches_the_one_that_recovers_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let tenant = TenantId::default_tenant();
+    let run = create(&store, &tenant).await;
+    let a = store.claim_runs(claim("worker-a", -1)).await.unwrap();
+    assert!(a[0].controls.is_empty());
+
+    // The run is running, so cancel leaves a control row for its holder.
+    let asked = store.cancel_run(&tenant, &run.id).await.unwrap().unwrap();
+    assert_eq!(asked.status, RunStatus::Running);
+
+    // A never heartbeats again; B recovers the run and gets the request.
+    let b = store.claim_runs(claim("worker-b", 60_000)).await.unwrap();
+    assert!(b[0].recovered);
+    assert_eq!(b[0].controls.len(), 1);
+    assert_eq!(b[0].controls[0].kind, agentd_store::ControlKind::Cancel);
+    let beat = store.heartbeat("worker-b", 60_000).await.unwrap();
+    assert_eq!(
+        beat.controls.len(),
+        1,
+        "and its heartbeat keeps returning it until handled"
+    );
+}

@@ -85,7 +85,13 @@ pub(crate) fn claim_runs<'c>(
                     dirty: false,
                 },
             );
-            let controls = pending_controls(c, &id).await?;
+            // Control rows are only written for running runs (a queued one is
+            // cancelled on the spot), so only a recovered run can have any.
+            let controls = if recovered {
+                pending_controls(c, &id).await?
+            } else {
+                Vec::new()
+            };
             claimed.push(ClaimedRun {
                 lease: Lease::new(
                     id,
