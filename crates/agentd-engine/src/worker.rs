@@ -60,6 +60,9 @@ struct Inner {
     stop_claiming: CancellationToken,
     /// Run the heartbeat now (a control row arrived).
     beat_now: Notify,
+    /// Runs this process claimed, and how many of those were recoveries.
+    claimed_total: AtomicU64,
+    recovered_total: AtomicU64,
     /// Counts registrations of local runs, so the heartbeat judges only runs
     /// claimed before it asked the store (a later claim is not in its answer).
     registrations: AtomicU64,
@@ -100,6 +103,8 @@ impl Engine {
                 stop_claiming: CancellationToken::new(),
                 beat_now: Notify::new(),
                 registrations: AtomicU64::new(0),
+                claimed_total: AtomicU64::new(0),
+                recovered_total: AtomicU64::new(0),
                 runs: TaskTracker::new(),
                 background: TaskTracker::new(),
             }),
@@ -120,6 +125,15 @@ impl Engine {
     /// Runs driven by this process right now.
     pub fn active_runs(&self) -> usize {
         self.inner.local.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    /// Runs claimed since start, and how many of them were recovered from a
+    /// lapsed lease.
+    pub fn claims(&self) -> (u64, u64) {
+        (
+            self.inner.claimed_total.load(Ordering::Relaxed),
+            self.inner.recovered_total.load(Ordering::Relaxed),
+        )
     }
 
     /// Stops claiming, lets runs in flight finish for up to `grace`, then
@@ -201,6 +215,10 @@ impl Engine {
             tracing::error!(run = claimed.run.id, "no permit for a claimed run");
             return;
         };
+        inner.claimed_total.fetch_add(1, Ordering::Relaxed);
+        if claimed.recovered {
+            inner.recovered_total.fetch_add(1, Ordering::Relaxed);
+        }
         let handle = RunHandle {
             epoch: claimed.lease.epoch(),
             registered: inner.registrations.fetch_add(1, Ordering::SeqCst) + 1,

@@ -52,6 +52,15 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Operator-only routes (`/metrics`): the admin token, never a tenant key.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::ScopeMissing("admin"))
+        }
+    }
+
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.admin {
             Ok(())

@@ -16,7 +16,7 @@ pub mod views;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use agentd_engine::AgentCatalog;
+use agentd_engine::{AgentCatalog, Engine};
 use agentd_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +39,8 @@ pub struct AppState {
 
 struct StateInner {
     store: Arc<dyn Store>,
+    /// This process's workers, for `/metrics`.
+    engine: Engine,
     catalog: AgentCatalog,
     config: ServerConfig,
     /// Set when shutdown begins: readiness turns 503.
@@ -48,10 +50,16 @@ struct StateInner {
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, catalog: AgentCatalog, config: ServerConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        engine: Engine,
+        catalog: AgentCatalog,
+        config: ServerConfig,
+    ) -> Self {
         AppState {
             inner: Arc::new(StateInner {
                 store,
+                engine,
                 catalog,
                 config,
                 draining: AtomicBool::new(false),
@@ -62,6 +70,10 @@ impl AppState {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
     }
 
     pub fn catalog(&self) -> &AgentCatalog {

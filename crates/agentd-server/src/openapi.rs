@@ -4,13 +4,13 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agents, health, runs, sessions, streams};
+use crate::routes::{agents, health, metrics, runs, sessions, streams};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "agentd", description = "A self-hosted runtime for AI agents."),
     paths(
-        health::health, health::ready, health::info,
+        health::health, health::ready, health::info, metrics::metrics,
         agents::list,
         sessions::create, sessions::list, sessions::get, sessions::delete, sessions::messages,
         runs::create_on_session, runs::create, runs::list, runs::get, runs::cancel, runs::signal,

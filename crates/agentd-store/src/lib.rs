@@ -12,11 +12,13 @@
 
 mod error;
 mod hub;
+mod metrics;
 pub mod sqlite;
 mod types;
 
 pub use error::StoreError;
 pub use hub::{EventHub, HubMessage, RunSubscription};
+pub use metrics::{StoreMetrics, StoreMetricsSnapshot};
 pub use types::*;
 
 use agentd_core::{Event, Message, NewEvent, Run, Session, TenantId};
@@ -26,6 +28,9 @@ use async_trait::async_trait;
 pub trait Store: Send + Sync + 'static {
     /// Where committed events and wake-ups are announced.
     fn hub(&self) -> &EventHub;
+
+    /// Counters of the store's own work.
+    fn metrics(&self) -> StoreMetricsSnapshot;
 
     /// Cheap liveness check for `/health/ready`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -50,6 +50,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let state = AppState::new(
         store,
+        engine.clone(),
         catalog,
         ServerConfig {
             admin_token: admin,

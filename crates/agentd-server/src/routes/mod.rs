@@ -2,6 +2,7 @@
 
 pub(crate) mod agents;
 pub(crate) mod health;
+pub(crate) mod metrics;
 pub(crate) mod runs;
 pub(crate) mod sessions;
 pub(crate) mod streams;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/api/info", get(health::info))
         .route("/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics::metrics))
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -25,7 +25,7 @@ use self::rows::{EventRow, MessageRow, RUN_COLUMNS, RunRow, SessionRow};
 use self::writer::Writer;
 use crate::{
     ClaimRequest, ClaimedRun, CreateRunOutcome, EventHub, Heartbeat, Lease, NewRun, NewSession,
-    Page, PageRequest, RunFilter, RunUpdate, Store, StoreError,
+    Page, PageRequest, RunFilter, RunUpdate, Store, StoreError, StoreMetrics, StoreMetricsSnapshot,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -41,6 +41,7 @@ pub struct SqliteStore {
     reads: SqlitePool,
     writer: Writer,
     hub: EventHub,
+    metrics: StoreMetrics,
     /// Held for the store's life: one process per data dir.
     _lock: File,
 }
@@ -85,9 +86,11 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         let hub = EventHub::new();
+        let metrics = StoreMetrics::default();
         Ok(SqliteStore {
             reads,
-            writer: Writer::spawn(conn, hub.clone()),
+            writer: Writer::spawn(conn, hub.clone(), metrics.clone()),
+            metrics,
             hub,
             _lock: lock,
         })
@@ -136,6 +139,10 @@ fn into_page<T>(mut items: Vec<T>, limit: u32, key: impl Fn(&T) -> crate::Cursor
 impl Store for SqliteStore {
     fn hub(&self) -> &EventHub {
         &self.hub
+    }
+
+    fn metrics(&self) -> StoreMetricsSnapshot {
+        self.metrics.snapshot()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

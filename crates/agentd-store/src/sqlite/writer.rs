@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::batch::Ctx;
 use crate::StoreError;
 use crate::hub::{EventHub, HubMessage};
+use crate::metrics::StoreMetrics;
 use agentd_core::Event;
 
 /// Jobs in one transaction at most; bounds a batch's latency.
@@ -55,8 +56,9 @@ trait Job: Send {
     /// Plain appends may run on deferred state; everything else gets a flush first.
     fn deferrable(&self) -> bool;
     async fn apply(&mut self, conn: &mut SqliteConnection, ctx: &mut Ctx) -> sqlx::Result<()>;
-    /// Called once: announces the job's effects if it committed, then replies.
-    fn finish(self: Box<Self>, hub: &EventHub, outcome: Result<(), StoreError>);
+    /// Called once: announces the job's effects if it committed, then
+    /// replies. Returns how many events it appended.
+    fn finish(self: Box<Self>, hub: &EventHub, outcome: Result<(), StoreError>) -> usize;
 }
 
 struct TypedJob<A, R> {
@@ -79,16 +81,19 @@ impl<A: Send + Sync, R: Send> Job for TypedJob<A, R> {
         Ok(())
     }
 
-    fn finish(self: Box<Self>, hub: &EventHub, outcome: Result<(), StoreError>) {
+    fn finish(self: Box<Self>, hub: &EventHub, outcome: Result<(), StoreError>) -> usize {
+        let mut appended = 0;
         let result = match (outcome, self.applied) {
             (Ok(()), Some(applied)) => {
                 announce(hub, &applied);
+                appended = applied.events.len();
                 Ok(applied.value)
             }
             (Ok(()), None) => Err(StoreError::Closed),
             (Err(e), _) => Err(e),
         };
         let _ = self.reply.send(result);
+        appended
     }
 }
 
@@ -116,9 +121,9 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(conn: SqliteConnection, hub: EventHub) -> Writer {
+    pub fn spawn(conn: SqliteConnection, hub: EventHub, metrics: StoreMetrics) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(conn, rx, hub));
+        tokio::spawn(run(conn, rx, hub, metrics));
         Writer { tx }
     }
 
@@ -162,7 +167,12 @@ impl Writer {
     }
 }
 
-async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Box<dyn Job>>, hub: EventHub) {
+async fn run(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Box<dyn Job>>,
+    hub: EventHub,
+    metrics: StoreMetrics,
+) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut ctx = Ctx::default();
     let mut last_batch = 0;
@@ -187,17 +197,22 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Box<dyn Job>>, h
         last_batch = batch.len();
         match apply_all(&mut conn, &mut ctx, &mut batch).await {
             Ok(()) => {
-                for job in batch.drain(..) {
-                    job.finish(&hub, Ok(()));
-                }
+                let jobs = batch.len();
+                let events: usize = batch.drain(..).map(|job| job.finish(&hub, Ok(()))).sum();
+                metrics.committed(jobs, events);
             }
             Err(e) => {
                 // One bad job must not fail its neighbours: redo each alone.
                 tracing::warn!(error = %e, jobs = batch.len(), "batch failed; retrying jobs one by one");
+                metrics.batch_failed();
                 for mut job in batch.drain(..) {
                     let outcome =
                         apply_all(&mut conn, &mut ctx, std::slice::from_mut(&mut job)).await;
-                    job.finish(&hub, outcome.map_err(StoreError::from));
+                    let committed = outcome.is_ok();
+                    let events = job.finish(&hub, outcome.map_err(StoreError::from));
+                    if committed {
+                        metrics.committed(1, events);
+                    }
                 }
             }
         }

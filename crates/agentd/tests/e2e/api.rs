@@ -503,3 +503,44 @@ async fn health_info_agents_and_openapi() {
     }
     assert!(doc.body["components"]["schemas"]["RunView"].is_object());
 }
+
+#[tokio::test]
+async fn metrics_count_the_work_for_the_operator() {
+    let fake = FakeUpstream::start().await;
+    let d = Daemon::start(&fake).await;
+    let api = d.api();
+    let id = api.start_run("counted").await;
+    api.wait_terminal(&id).await;
+    let r = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = r.text().await.unwrap();
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing in {text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("agentd_runs_claimed_total"), 1);
+    assert_eq!(value("agentd_runs_recovered_total"), 0);
+    assert!(value("agentd_events_appended_total") >= 6);
+    assert!(value("agentd_store_jobs_total") >= value("agentd_store_transactions_total"));
+    assert_eq!(value("agentd_store_failed_batches_total"), 0);
+    let anonymous = api.clone().without_token().get("/metrics").await;
+    assert_eq!(
+        (anonymous.status, anonymous.reason()),
+        (401, "AUTH_MISSING_HEADER")
+    );
+}
