@@ -37,25 +37,46 @@ pub(crate) fn claim_runs<'c>(
             candidates.extend(queued);
         }
 
-        let mut claimed = Vec::with_capacity(candidates.len());
+        if candidates.is_empty() {
+            return Ok(Applied::value(Vec::new()));
+        }
+
+        // Every claim of the batch in one UPDATE and one SELECT.
+        let mut update = QueryBuilder::<Sqlite>::new(
+            "UPDATE runs SET status = 'running', lease_epoch = lease_epoch + 1, lease_owner = ",
+        );
+        update
+            .push_bind(&*req.owner)
+            .push(", lease_expires_at = ")
+            .push_bind(now + req.lease_ms)
+            .push(", started_at = COALESCE(started_at, ")
+            .push_bind(now)
+            .push("), updated_at = ")
+            .push_bind(now)
+            .push(" WHERE id IN (");
+        let mut ids = update.separated(", ");
+        for (id, _) in &candidates {
+            ids.push_bind(id.as_str());
+        }
+        update.push(")");
+        update.build().execute(&mut *c).await?;
+        let mut select =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id IN ("));
+        let mut ids = select.separated(", ");
+        for (id, _) in &candidates {
+            ids.push_bind(id.as_str());
+        }
+        select.push(") ORDER BY created_at, id");
+        let rows: Vec<RunRow> = select.build_query_as().fetch_all(&mut *c).await?;
+
+        let mut claimed = Vec::with_capacity(rows.len());
         let mut published = Vec::new();
-        for (id, status) in candidates {
-            let recovered = status == RunStatus::Running.as_str();
-            sqlx::query(
-                "UPDATE runs SET status = 'running', lease_epoch = lease_epoch + 1, \
-                 lease_owner = ?, lease_expires_at = ?, started_at = COALESCE(started_at, ?), \
-                 updated_at = ? WHERE id = ?",
-            )
-            .bind(&*req.owner)
-            .bind(now + req.lease_ms)
-            .bind(now)
-            .bind(now)
-            .bind(&id)
-            .execute(&mut *c)
-            .await?;
-            let Some(mut run) = load_run(c, &id).await? else {
-                continue;
-            };
+        for row in rows {
+            let mut run = Run::try_from(row).map_err(corrupt)?;
+            let id = run.id.clone();
+            let recovered = candidates
+                .iter()
+                .any(|(c, status)| c == &id && status == RunStatus::Running.as_str());
             let mut events = Vec::new();
             if recovered {
                 if let Some(orphan) = orphaned_step(c, &id).await? {
@@ -71,9 +92,20 @@ pub(crate) fn claim_runs<'c>(
                     json!({"worker": &*req.owner, "lease_epoch": run.lease_epoch}),
                 ));
             }
-            let stored = insert_events(c, &run.tenant_id, &id, run.last_seq, &events, now).await?;
+            let stored: Vec<Event> = events
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| Event {
+                    run_id: id.clone(),
+                    seq: run.last_seq + 1 + i as i64,
+                    kind: e.kind,
+                    created_at: now,
+                    value: e.value,
+                })
+                .collect();
             run.last_seq += stored.len() as i64;
-            published.extend(stored);
+            // Cached first, then deferred: the batch's flush writes the
+            // claims' events together with everyone's deltas.
             ctx.remember(
                 id.clone(),
                 CachedRun {
@@ -85,6 +117,8 @@ pub(crate) fn claim_runs<'c>(
                     dirty: false,
                 },
             );
+            ctx.defer(&id, &stored);
+            published.extend(stored);
             // Control rows are only written for running runs (a queued one is
             // cancelled on the spot), so only a recovered run can have any.
             let controls = if recovered {
