@@ -141,17 +141,7 @@ async fn append_deferred(
         return Ok(Applied::value(Err(StoreError::LeaseLost)));
     }
     let now = now_millis();
-    let events: Vec<Event> = new_events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| Event {
-            run_id: run_id.to_owned(),
-            seq: run.last_seq + 1 + i as i64,
-            kind: e.kind,
-            created_at: now,
-            value: e.value.clone(),
-        })
-        .collect();
+    let events = number_events(run_id, run.last_seq, new_events, now);
     run.last_seq += events.len() as i64;
     let last_seq = run.last_seq;
     ctx.defer(run_id, &events);

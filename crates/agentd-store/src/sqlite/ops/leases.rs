@@ -92,17 +92,7 @@ pub(crate) fn claim_runs<'c>(
                     json!({"worker": &*req.owner, "lease_epoch": run.lease_epoch}),
                 ));
             }
-            let stored: Vec<Event> = events
-                .into_iter()
-                .enumerate()
-                .map(|(i, e)| Event {
-                    run_id: id.clone(),
-                    seq: run.last_seq + 1 + i as i64,
-                    kind: e.kind,
-                    created_at: now,
-                    value: e.value,
-                })
-                .collect();
+            let stored = number_events(&id, run.last_seq, &events, now);
             run.last_seq += stored.len() as i64;
             // Cached first, then deferred: the batch's flush writes the
             // claims' events together with everyone's deltas.

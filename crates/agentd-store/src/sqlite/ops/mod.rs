@@ -80,15 +80,9 @@ fn session_of(s: &NewSession) -> Session {
 }
 
 /// Appends `events` after `last_seq` in one statement; returns them durable-to-be.
-async fn insert_events(
-    c: &mut SqliteConnection,
-    tenant: &TenantId,
-    run_id: &str,
-    last_seq: i64,
-    events: &[NewEvent],
-    now: i64,
-) -> sqlx::Result<Vec<Event>> {
-    let stored: Vec<Event> = events
+/// Gives `events` the seqs that follow `last_seq`: the one place seqs are made.
+fn number_events(run_id: &str, last_seq: i64, events: &[NewEvent], now: i64) -> Vec<Event> {
+    events
         .iter()
         .enumerate()
         .map(|(i, e)| Event {
@@ -98,7 +92,18 @@ async fn insert_events(
             created_at: now,
             value: e.value.clone(),
         })
-        .collect();
+        .collect()
+}
+
+async fn insert_events(
+    c: &mut SqliteConnection,
+    tenant: &TenantId,
+    run_id: &str,
+    last_seq: i64,
+    events: &[NewEvent],
+    now: i64,
+) -> sqlx::Result<Vec<Event>> {
+    let stored = number_events(run_id, last_seq, events, now);
     // 6 parameters a row; stay well under SQLite's variable limit.
     for chunk in stored.chunks(500) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
