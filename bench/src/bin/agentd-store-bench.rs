@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use agentd_core::event::payload::content_delta;
 use agentd_core::time::now_millis;
-use agentd_core::{Run, RunStatus, TenantId, Usage, new_id};
+use agentd_core::{Run, TenantId, new_id};
 use agentd_store::sqlite::{SqliteConfig, SqliteStore};
 use agentd_store::{ClaimRequest, NewRun, NewSession, SessionTarget, Store};
 use clap::Parser;
@@ -114,29 +114,13 @@ fn new_run(tenant: &TenantId) -> NewRun {
     let now = now_millis();
     let session = new_id("ses");
     NewRun {
-        run: Run {
-            id: new_id("run"),
-            tenant_id: tenant.clone(),
-            session_id: session.clone(),
-            agent: "bench".into(),
-            status: RunStatus::Queued,
-            input: json!({}),
-            user_message: "hi".into(),
-            metadata: json!({}),
-            source: Default::default(),
-            agent_config: json!({}),
-            output: None,
-            usage: Usage::default(),
-            reason_code: None,
-            error: None,
-            last_seq: agentd_store::CREATION_EVENTS,
-            lease_epoch: 0,
-            request_id: None,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            finished_at: None,
-        },
+        run: Run::queued(
+            tenant.clone(),
+            session.clone(),
+            "bench".into(),
+            "hi".into(),
+            now,
+        ),
         session: SessionTarget::New(NewSession {
             tenant_id: tenant.clone(),
             id: session,

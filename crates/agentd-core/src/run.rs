@@ -176,6 +176,42 @@ pub struct Run {
     pub finished_at: Option<Millis>,
 }
 
+impl Run {
+    /// A new `queued` run with a fresh id, empty input, metadata and
+    /// snapshot; callers fill in what they know with struct update syntax.
+    pub fn queued(
+        tenant_id: TenantId,
+        session_id: String,
+        agent: String,
+        user_message: String,
+        now: Millis,
+    ) -> Run {
+        Run {
+            id: crate::ids::new_id("run"),
+            tenant_id,
+            session_id,
+            agent,
+            status: RunStatus::Queued,
+            input: serde_json::json!({}),
+            user_message,
+            metadata: serde_json::json!({}),
+            source: RunSource::default(),
+            agent_config: serde_json::json!({}),
+            output: None,
+            usage: Usage::default(),
+            reason_code: None,
+            error: None,
+            last_seq: 0,
+            lease_epoch: 0,
+            request_id: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

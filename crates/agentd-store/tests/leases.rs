@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use agentd_core::event::payload::content_delta;
 use agentd_core::time::now_millis;
-use agentd_core::{EventType, Run, RunStatus, RunTransition, TenantId, Usage, new_id};
+use agentd_core::{EventType, Run, RunStatus, RunTransition, TenantId, new_id};
 use agentd_store::sqlite::{SqliteConfig, SqliteStore};
 use agentd_store::{
     ClaimRequest, CreateRunOutcome, NewRun, NewSession, RunUpdate, SessionTarget, Store, StoreError,
@@ -22,30 +22,13 @@ async fn open(dir: &std::path::Path) -> SqliteStore {
 }
 
 fn queued_run(tenant: &TenantId, session: &str) -> Run {
-    let now = now_millis();
-    Run {
-        id: new_id("run"),
-        tenant_id: tenant.clone(),
-        session_id: session.to_owned(),
-        agent: "a".into(),
-        status: RunStatus::Queued,
-        input: json!({}),
-        user_message: "hi".into(),
-        metadata: json!({}),
-        source: Default::default(),
-        agent_config: json!({}),
-        output: None,
-        usage: Usage::default(),
-        reason_code: None,
-        error: None,
-        last_seq: 2,
-        lease_epoch: 0,
-        request_id: None,
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: None,
-    }
+    Run::queued(
+        tenant.clone(),
+        session.to_owned(),
+        "a".into(),
+        "hi".into(),
+        now_millis(),
+    )
 }
 
 async fn create(store: &SqliteStore, tenant: &TenantId) -> Run {

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use agentd_core::run::RunSource;
 use agentd_core::time::{now_millis, parse_rfc3339};
-use agentd_core::{Run, RunStatus, TenantId, Usage, new_id};
+use agentd_core::{Run, RunStatus, TenantId, new_id};
 use agentd_store::{
     CREATION_EVENTS, CreateRunOutcome, HubMessage, IdempotencyRecord, NewRun, NewSession,
     RunFilter, SessionTarget,
@@ -266,27 +266,19 @@ async fn create_run(
         SessionTarget::New(s) => s.id.clone(),
     };
     let run = Run {
-        id: new_id("run"),
-        tenant_id: tenant,
-        session_id,
-        agent: agent.name.clone(),
-        status: RunStatus::Queued,
         input: spec.input,
-        user_message: spec.user_message,
         metadata: spec.metadata,
         source: spec.source,
         agent_config: serde_json::to_value(agent).map_err(|e| ApiError::Internal(e.to_string()))?,
-        output: None,
-        usage: Usage::default(),
-        reason_code: None,
-        error: None,
         last_seq: CREATION_EVENTS,
-        lease_epoch: 0,
         request_id: Some(request_id.0.clone()),
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: None,
+        ..Run::queued(
+            tenant,
+            session_id,
+            agent.name.clone(),
+            spec.user_message,
+            now,
+        )
     };
     let body = serde_json::to_value(RunView::of(&run).with_request_id(&request_id.0))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
