@@ -457,11 +457,7 @@ async fn deleting_a_session_cancels_its_runs() {
     );
     // Wait until the first is streaming, so both a running and a queued run are cancelled.
     let mut s = api.sse(&format!("/v1/runs/{a}/events/stream"), &[]).await;
-    while let Some(m) = s.next().await {
-        if m.data["type"] == "step.progress" {
-            break;
-        }
-    }
+    s.until(last_is("step.progress")).await;
     assert_eq!(api.delete("/v1/sessions/busy").await.status, 204);
     assert_eq!(api.wait_terminal(&a).await["status"], "cancelled");
     assert_eq!(api.wait_terminal(&b).await["status"], "cancelled");

@@ -16,18 +16,10 @@ async fn kill_9_mid_stream_recovers_and_resumes_without_gap() {
     let api = d.api();
     let id = api.start_run("survive").await;
 
-    let mut before = Vec::new();
     let mut s = api.sse(&format!("/v1/runs/{id}/events/stream"), &[]).await;
-    while let Some(m) = s.next().await {
-        if m.event != "run_event" {
-            continue;
-        }
-        let progress = m.data["type"] == "step.progress";
-        before.push(m);
-        if progress && before.len() >= 8 {
-            break;
-        }
-    }
+    let before = s
+        .until(|seen| seen.len() >= 8 && last_is("step.progress")(seen))
+        .await;
     d.kill9();
     drop(s);
     d.restart().await;
@@ -168,11 +160,7 @@ async fn sigterm_lets_in_flight_runs_finish() {
     let api = d.api();
     let id = api.start_run("graceful").await;
     let mut s = api.sse(&format!("/v1/runs/{id}/events/stream"), &[]).await;
-    while let Some(m) = s.next().await {
-        if m.data["type"] == "step.progress" {
-            break;
-        }
-    }
+    s.until(last_is("step.progress")).await;
     let status = tokio::task::spawn_blocking(move || {
         let status = d.terminate();
         (status, d)

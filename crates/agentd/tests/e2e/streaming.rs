@@ -17,17 +17,8 @@ async fn resume_mid_stream_by_last_event_id() {
     let api = d.api();
     let id = api.start_run("resume").await;
 
-    let mut first = Vec::new();
     let mut s = api.sse(&format!("/v1/runs/{id}/events/stream"), &[]).await;
-    while let Some(m) = s.next().await {
-        if m.event != "run_event" {
-            continue;
-        }
-        first.push(m);
-        if first.len() == 6 {
-            break;
-        }
-    }
+    let first = s.until(|seen| seen.len() == 6).await;
     drop(s);
     assert_gapless(&first, 1);
 
@@ -100,14 +91,7 @@ async fn cancel_while_streaming() {
     let api = d.api();
     let id = api.start_run("long").await;
     let mut s = api.sse(&format!("/v1/runs/{id}/events/stream"), &[]).await;
-    let mut seen = Vec::new();
-    while let Some(m) = s.next().await {
-        let progress = m.data["type"] == "step.progress";
-        seen.push(m);
-        if progress {
-            break;
-        }
-    }
+    let mut seen = s.until(last_is("step.progress")).await;
     let cancelled = api.post(&format!("/v1/runs/{id}/cancel"), &json!({})).await;
     assert_eq!(cancelled.status, 200);
     assert_eq!(cancelled.body["status"], "cancelled");

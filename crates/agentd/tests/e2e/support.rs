@@ -364,6 +364,19 @@ impl SseStream {
         })
     }
 
+    /// `run_event` messages until `done` holds for those read so far; the
+    /// stream ending first is a failure.
+    pub async fn until(&mut self, done: impl Fn(&[Msg]) -> bool) -> Vec<Msg> {
+        let mut seen = Vec::new();
+        while !done(&seen) {
+            let m = self.next().await.expect("the stream ended too early");
+            if m.event == "run_event" {
+                seen.push(m);
+            }
+        }
+        seen
+    }
+
     /// Everything until the server closes the stream.
     pub async fn collect(mut self) -> Vec<Msg> {
         let mut out = Vec::new();
@@ -372,6 +385,11 @@ impl SseStream {
         }
         out
     }
+}
+
+/// For [`SseStream::until`]: the last message read has this `type`.
+pub fn last_is(kind: &'static str) -> impl Fn(&[Msg]) -> bool {
+    move |seen| seen.last().is_some_and(|m| m.data["type"] == kind)
 }
 
 /// The `type`s of `run_event` messages, in order.
