@@ -118,10 +118,6 @@ impl Engine {
         engine
     }
 
-    pub fn owner(&self) -> &str {
-        &self.inner.owner
-    }
-
     /// Runs driven by this process right now.
     pub fn active_runs(&self) -> usize {
         self.inner.local.lock().map(|l| l.len()).unwrap_or(0)
