@@ -29,8 +29,9 @@ pub struct Behavior {
     /// This many upcoming requests fail with `fail_status` before any succeed.
     pub fail_next: AtomicUsize,
     pub fail_status: AtomicUsize,
-    /// Streams stop after this many chunks without `[DONE]` (a dropped
-    /// connection); 0 disables.
+    /// This many upcoming streams stop after `cut_after` content chunks
+    /// without `[DONE]`, as a dropped connection does.
+    pub cut_next: AtomicUsize,
     pub cut_after: AtomicUsize,
 }
 
@@ -41,6 +42,7 @@ impl Default for Behavior {
             delay_us: AtomicU64::new(0),
             fail_next: AtomicUsize::new(0),
             fail_status: AtomicUsize::new(500),
+            cut_next: AtomicUsize::new(0),
             cut_after: AtomicUsize::new(0),
         }
     }
@@ -53,6 +55,12 @@ impl Behavior {
     pub fn set_delay(&self, d: Duration) {
         self.delay_us.store(d.as_micros() as u64, Ordering::SeqCst);
     }
+    /// The next `n` streams end after `chunks` content chunks, without `[DONE]`.
+    pub fn cut_next(&self, n: usize, chunks: usize) {
+        self.cut_after.store(chunks, Ordering::SeqCst);
+        self.cut_next.store(n, Ordering::SeqCst);
+    }
+
     /// The next `n` requests answer `status` (e.g. 500, 429).
     pub fn fail_next(&self, n: usize, status: u16) {
         self.fail_status.store(status as usize, Ordering::SeqCst);
@@ -190,6 +198,10 @@ async fn chat(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     }
     let tokens = b.tokens.load(Ordering::SeqCst);
     let delay = Duration::from_micros(b.delay_us.load(Ordering::SeqCst));
+    let cut = b
+        .cut_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
     let cut_after = b.cut_after.load(Ordering::SeqCst);
     let model = request["model"].as_str().unwrap_or("fake").to_owned();
     let prompt_tokens: usize = request["messages"]
@@ -228,8 +240,7 @@ async fn chat(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             chunk(json!({"content": token(i)}), Value::Null).to_string(),
         ));
     }
-    let cut = cut_after > 0 && cut_after < tokens;
-    if cut {
+    if cut && cut_after < tokens {
         frames.truncate(cut_after + 1);
     } else {
         frames.push((false, chunk(json!({}), json!("stop")).to_string()));

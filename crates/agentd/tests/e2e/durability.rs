@@ -284,3 +284,41 @@ async fn the_model_key_is_read_from_the_named_variable() {
     assert_eq!(run["reason_code"], "MODEL_API_KEY_MISSING");
     assert_eq!(fake.requests().len(), 1, "no request left without its key");
 }
+
+#[tokio::test]
+async fn a_stream_cut_mid_answer_is_retried_and_the_answer_is_whole() {
+    let fake = FakeUpstream::start().await;
+    fake.behavior().set_tokens(30);
+    fake.behavior().cut_next(1, 10);
+    let d = Daemon::start(&fake).await;
+    let api = d.api();
+    let id = api.start_run("cut").await;
+    let msgs = api
+        .sse(&format!("/v1/runs/{id}/events/stream"), &[])
+        .await
+        .collect()
+        .await;
+    assert_gapless(&msgs, 1);
+    let retried = msgs
+        .iter()
+        .find(|m| m.data["type"] == "step.done")
+        .expect("a step.done");
+    assert_eq!(retried.data["payload"]["value"]["outcome"], "retry_step");
+    assert_eq!(
+        retried.data["payload"]["value"]["reason_code"],
+        "UPSTREAM_CLOSED"
+    );
+    // The cut attempt streamed deltas that the retry must not double.
+    let partial: String = msgs
+        .iter()
+        .take_while(|m| m.data["type"] != "step.done")
+        .filter_map(|m| m.data["payload"]["value"]["content_delta"].as_str())
+        .collect();
+    assert!(!partial.is_empty(), "the cut attempt streamed something");
+    assert!(FakeUpstream::expected_text(10).starts_with(&partial));
+    let expected = FakeUpstream::expected_text(30);
+    assert_eq!(reconstruct(&msgs), expected);
+    let run = api.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(run.body["output"]["text"], expected);
+    assert_eq!(fake.requests().len(), 2);
+}
