@@ -16,8 +16,6 @@ use agentd_core::Event;
 
 /// Jobs in one transaction at most; bounds a batch's latency.
 const MAX_BATCH: usize = 1024;
-/// How many times a busy writer lets other tasks run before committing.
-const GATHER_YIELDS: usize = 4;
 /// Queue depth before submitters wait (back-pressure instead of memory).
 const QUEUE_DEPTH: usize = 16 * 1024;
 
@@ -175,26 +173,7 @@ async fn run(
 ) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut ctx = Ctx::default();
-    let mut last_batch = 0;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if last_batch > 1 {
-            // Under load: the writers we just answered are about to send their
-            // next job. Letting them run first fills this transaction instead
-            // of starting many small ones; idle, nothing waits here.
-            for _ in 0..GATHER_YIELDS {
-                if batch.len() >= MAX_BATCH {
-                    break;
-                }
-                tokio::task::yield_now().await;
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
-                }
-            }
-        }
-        last_batch = batch.len();
         match apply_all(&mut conn, &mut ctx, &mut batch).await {
             Ok(()) => {
                 let jobs = batch.len();
