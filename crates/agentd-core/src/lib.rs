@@ -7,10 +7,12 @@
 pub mod event;
 pub mod ids;
 pub mod run;
+pub mod scope;
 pub mod session;
 pub mod time;
 
 pub use event::{Event, EventPayload, EventType, NewEvent};
 pub use ids::{TenantId, new_id};
 pub use run::{IllegalTransition, Run, RunStatus, RunTransition, Usage};
+pub use scope::{Scope, Scopes};
 pub use session::{Message, Session};
