@@ -129,6 +129,7 @@ fn new_run(tenant: &TenantId) -> NewRun {
             created_at: now,
         }),
         idempotency: None,
+        audit: None,
     }
 }
 

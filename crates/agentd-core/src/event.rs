@@ -132,16 +132,38 @@ pub struct EventPayload {
     pub value: Value,
 }
 
+impl EventType {
+    /// The payload fields that carry what a client sent (inputs, metadata,
+    /// signal payloads): withheld from readers without `runs:read_inputs`.
+    pub fn input_fields(self) -> &'static [&'static str] {
+        match self {
+            EventType::RunCreated => &["input", "metadata"],
+            EventType::SignalReceived => &["payload"],
+            _ => &[],
+        }
+    }
+}
+
 impl Event {
     pub fn to_public(&self) -> PublicEvent {
+        self.to_public_for(true)
+    }
+
+    /// The envelope as a reader sees it: without `read_inputs`, the input
+    /// fields are removed and `redacted` says so.
+    pub fn to_public_for(&self, read_inputs: bool) -> PublicEvent {
+        let mut value = self.value.clone();
+        let mut redacted = false;
+        if !read_inputs && let Value::Object(map) = &mut value {
+            for field in self.kind.input_fields() {
+                redacted |= map.remove(*field).is_some();
+            }
+        }
         PublicEvent {
             seq: self.seq,
             kind: self.kind.as_str().to_owned(),
             timestamp: to_rfc3339(self.created_at),
-            payload: EventPayload {
-                redacted: false,
-                value: self.value.clone(),
-            },
+            payload: EventPayload { redacted, value },
         }
     }
 }

@@ -4,6 +4,7 @@
 //! drives and the server puts on the wire, plus the one function that decides
 //! which run state changes are legal ([`run::RunStatus::apply`]).
 
+pub mod audit;
 pub mod event;
 pub mod ids;
 pub mod run;
@@ -11,6 +12,7 @@ pub mod scope;
 pub mod session;
 pub mod time;
 
+pub use audit::{AuditAction, AuditOutcome, AuditRecord};
 pub use event::{Event, EventPayload, EventType, NewEvent};
 pub use ids::{TenantId, new_id};
 pub use run::{IllegalTransition, Run, RunStatus, RunTransition, Usage};

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::agents::AgentSnapshot;
 use crate::appender::{Appender, AppenderClosed};
+use crate::scrub::Scrubber;
 use crate::models::{self, ChatMessage, ModelDelta, ModelError, ModelRequest, Role};
 use crate::worker::RunHandle;
 
@@ -28,6 +29,39 @@ pub(crate) struct RunContext {
     pub handle: RunHandle,
     /// The run's plain appends (step boundaries, deltas), in order.
     pub appender: Appender,
+    pub scrubber: Arc<Scrubber>,
+}
+
+impl RunContext {
+    /// Appends events with a state change, secrets scrubbed from both.
+    async fn commit(
+        &self,
+        lease: &Lease,
+        mut events: Vec<NewEvent>,
+        mut update: RunUpdate,
+    ) -> Result<i64, StoreError> {
+        scrub_events(&self.scrubber, &mut events);
+        for text in [&mut update.error]
+            .into_iter()
+            .flatten()
+            .chain(update.messages.iter_mut().map(|(_, content)| content))
+        {
+            if let Some(clean) = self.scrubber.scrub_str(text) {
+                *text = clean;
+            }
+        }
+        if let Some(output) = &mut update.output {
+            self.scrubber.scrub_value(output);
+        }
+        self.store.append(lease, events, Some(update)).await
+    }
+}
+
+/// Scrubs every event's payload in place (DESIGN §3: before it is written).
+pub(crate) fn scrub_events(scrubber: &Scrubber, events: &mut [NewEvent]) {
+    for e in events {
+        scrubber.scrub_value(&mut e.value);
+    }
 }
 
 impl From<AppenderClosed> for Stop {
@@ -66,7 +100,7 @@ pub(crate) async fn drive(ctx: RunContext, claimed: ClaimedRun) {
         )];
         let mut update = RunUpdate::new(RunTransition::Cancel);
         update.consume_controls = true;
-        if let Err(e) = ctx.store.append(&lease, events, Some(update)).await {
+        if let Err(e) = ctx.commit(&lease, events, update).await {
             tracing::debug!(run = lease.run_id(), error = %e, "could not record cancel");
         }
     }
@@ -147,7 +181,7 @@ async fn run_to_end(ctx: &RunContext, claimed: &ClaimedRun) -> Result<(), Stop> 
                 ];
                 update.consume_controls = true;
                 ctx.appender.flush().await?;
-                ctx.store.append(lease, events, Some(update)).await?;
+                ctx.commit(lease, events, update).await?;
                 return Ok(());
             }
             Err(ModelError::Transient {
@@ -235,7 +269,7 @@ async fn fail_with(
     update.usage = Some(usage);
     update.consume_controls = true;
     ctx.appender.flush().await?;
-    ctx.store.append(lease, events, Some(update)).await?;
+    ctx.commit(lease, events, update).await?;
     Ok(())
 }
 

@@ -9,6 +9,9 @@ use agentd_core::NewEvent;
 use agentd_store::{Lease, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::agent_loop::scrub_events;
+use crate::scrub::Scrubber;
+
 enum Msg {
     Events(Vec<NewEvent>),
     /// Answered once everything queued before it is durable.
@@ -29,9 +32,9 @@ pub(crate) struct Appender {
 }
 
 impl Appender {
-    pub fn start(store: Arc<dyn Store>, lease: Lease) -> Appender {
+    pub fn start(store: Arc<dyn Store>, lease: Lease, scrubber: Arc<Scrubber>) -> Appender {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_in_order(store, lease, rx));
+        tokio::spawn(write_in_order(store, lease, scrubber, rx));
         Appender { tx }
     }
 
@@ -57,7 +60,12 @@ impl Appender {
     }
 }
 
-async fn write_in_order(store: Arc<dyn Store>, lease: Lease, mut rx: mpsc::Receiver<Msg>) {
+async fn write_in_order(
+    store: Arc<dyn Store>,
+    lease: Lease,
+    scrubber: Arc<Scrubber>,
+    mut rx: mpsc::Receiver<Msg>,
+) {
     while let Some(first) = rx.recv().await {
         let mut events = Vec::new();
         let mut barriers = Vec::new();
@@ -72,6 +80,7 @@ async fn write_in_order(store: Arc<dyn Store>, lease: Lease, mut rx: mpsc::Recei
         let ok = if events.is_empty() {
             true
         } else {
+            scrub_events(&scrubber, &mut events);
             match store.append(&lease, events, None).await {
                 Ok(_) => true,
                 Err(StoreError::LeaseLost) => {

@@ -9,7 +9,9 @@ mod agent_loop;
 pub mod agents;
 mod appender;
 pub mod models;
+pub mod scrub;
 mod worker;
 
 pub use agents::{AgentCatalog, AgentSnapshot, AgentSpec, ModelSpec, Provider};
+pub use scrub::Scrubber;
 pub use worker::{Engine, EngineConfig};

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::agent_loop;
 use crate::appender::Appender;
+use crate::scrub::Scrubber;
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -28,6 +29,8 @@ pub struct EngineConfig {
     pub heartbeat_ms: u64,
     /// How often to look for work without a wake-up (lapsed leases, other nodes).
     pub poll_ms: u64,
+    /// Secrets scrubbed from every event before it is written.
+    pub scrubber: Arc<Scrubber>,
 }
 
 impl EngineConfig {
@@ -38,6 +41,7 @@ impl EngineConfig {
             lease_ms: 30_000,
             heartbeat_ms: 10_000,
             poll_ms: 1_000,
+            scrubber: Arc::new(Scrubber::none()),
         }
     }
 }
@@ -240,7 +244,12 @@ impl Engine {
                 store: engine.inner.store.clone(),
                 http: engine.inner.http.clone(),
                 handle,
-                appender: Appender::start(engine.inner.store.clone(), claimed.lease.clone()),
+                appender: Appender::start(
+                    engine.inner.store.clone(),
+                    claimed.lease.clone(),
+                    engine.inner.config.scrubber.clone(),
+                ),
+                scrubber: engine.inner.config.scrubber.clone(),
             };
             agent_loop::drive(ctx, claimed).await;
             engine

@@ -4,7 +4,7 @@
 //! extension and no body. The request-id middleware ([`crate::request_id`])
 //! renders the envelope with the request's id, so every error body has one.
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -16,6 +16,7 @@ use agentd_store::StoreError;
 pub enum Resource {
     Run,
     Session,
+    Key,
     Route,
 }
 
@@ -34,7 +35,13 @@ pub enum ApiError {
     #[error("Invalid API key")]
     AuthInvalid,
     #[error("this credential lacks the {0} scope")]
-    ScopeMissing(&'static str),
+    ScopeMissing(String),
+    /// A tenant key asking for more than it holds: keys for another tenant,
+    /// scopes beyond its own, or power over a stronger key.
+    #[error("{0}")]
+    GrantExceeded(String),
+    #[error("too many failed authentication attempts; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     /// Missing, or another tenant's: the two are indistinguishable.
     #[error("{} not found", resource_name(*.0))]
     NotFound(Resource),
@@ -46,6 +53,8 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("{0}")]
     RunStateConflict(String),
+    #[error("the key is revoked")]
+    KeyRevoked,
     #[error("request body is too large (limit {0} bytes)")]
     PayloadTooLarge(usize),
     /// The store is unreachable or the server is shutting down.
@@ -59,6 +68,7 @@ fn resource_name(r: Resource) -> &'static str {
     match r {
         Resource::Run => "run",
         Resource::Session => "session",
+        Resource::Key => "API key",
         Resource::Route => "route",
     }
 }
@@ -70,12 +80,14 @@ impl ApiError {
             | ApiError::IdempotencyKeyRequired
             | ApiError::UnknownAgent(_) => StatusCode::BAD_REQUEST,
             ApiError::AuthMissing | ApiError::AuthInvalid => StatusCode::UNAUTHORIZED,
-            ApiError::ScopeMissing(_) => StatusCode::FORBIDDEN,
+            ApiError::ScopeMissing(_) | ApiError::GrantExceeded(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::SessionExists
             | ApiError::IdempotencyKeyReused
-            | ApiError::RunStateConflict(_) => StatusCode::CONFLICT,
+            | ApiError::RunStateConflict(_)
+            | ApiError::KeyRevoked => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -89,7 +101,10 @@ impl ApiError {
             ApiError::UnknownAgent(_) => "AGENT_NOT_FOUND",
             ApiError::AuthMissing => "AUTH_MISSING_HEADER",
             ApiError::AuthInvalid => "AUTH_KEY_INVALID",
-            ApiError::ScopeMissing(_) => "AUTH_SCOPE_MISSING",
+            ApiError::ScopeMissing(_) | ApiError::GrantExceeded(_) => "AUTH_SCOPE_MISSING",
+            ApiError::RateLimited { .. } => "AUTH_RATE_LIMITED",
+            ApiError::KeyRevoked => "KEY_REVOKED",
+            ApiError::NotFound(Resource::Key) => "KEY_NOT_FOUND",
             ApiError::NotFound(Resource::Run) => "RUN_NOT_FOUND",
             ApiError::NotFound(Resource::Session) => "SESSION_NOT_FOUND",
             ApiError::NotFound(Resource::Route) => "NOT_FOUND",
@@ -133,6 +148,11 @@ impl IntoResponse for ApiError {
             tracing::error!(reason = self.reason_code(), %detail, "request failed");
         }
         let mut response = self.status().into_response();
+        if let ApiError::RateLimited { retry_after_secs } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
         response.extensions_mut().insert(ErrorEnvelope {
             error: self.to_string(),
             reason_code: self.reason_code(),

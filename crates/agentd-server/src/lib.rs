@@ -3,6 +3,7 @@
 //! store; they never drive runs (the engine does) and never build error
 //! bodies by hand ([`error::ApiError`] is the one mapping to HTTP).
 
+mod audit;
 pub mod auth;
 pub mod error;
 mod extract;
@@ -16,17 +17,19 @@ pub mod views;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use agentd_engine::{AgentCatalog, Engine};
+use agentd_engine::{AgentCatalog, Engine, Scrubber};
 use agentd_store::Store;
 use tokio_util::sync::CancellationToken;
 
-pub use auth::AdminToken;
+pub use auth::{AdminToken, AuthConfig, FailureLimit, StaticKeys, TrustedProxies};
 pub use routes::router;
 
 /// What the server needs to know beyond its state handles.
 #[derive(Clone)]
 pub struct ServerConfig {
-    pub admin_token: AdminToken,
+    pub auth: AuthConfig,
+    /// Secrets scrubbed from what clients send before it is stored.
+    pub scrubber: Arc<Scrubber>,
     /// Which store backs this process (`sqlite`, `postgres`), for /health.
     pub store_kind: &'static str,
 }
@@ -47,6 +50,9 @@ struct StateInner {
     draining: AtomicBool,
     /// Cancelled when shutdown begins: open streams end so the server can stop.
     streams: CancellationToken,
+    /// Open streams by key, closed when their key is revoked or rotated.
+    key_streams: Arc<auth::KeyStreams>,
+    failures: auth::FailureLimiter,
 }
 
 impl AppState {
@@ -61,9 +67,11 @@ impl AppState {
                 store,
                 engine,
                 catalog,
-                config,
                 draining: AtomicBool::new(false),
                 streams: CancellationToken::new(),
+                key_streams: Arc::default(),
+                failures: auth::FailureLimiter::new(config.auth.failure_limit),
+                config,
             }),
         }
     }
@@ -80,16 +88,28 @@ impl AppState {
         &self.inner.catalog
     }
 
-    pub(crate) fn admin_token(&self) -> &AdminToken {
-        &self.inner.config.admin_token
-    }
-
     pub(crate) fn config(&self) -> &ServerConfig {
         &self.inner.config
     }
 
-    pub(crate) fn streams_token(&self) -> CancellationToken {
-        self.inner.streams.clone()
+    /// A token for a new stream of `principal`'s: cancelled at shutdown,
+    /// and when its key is revoked or rotated away. Keep the slot as long
+    /// as the stream lives.
+    pub(crate) fn stream_token(
+        &self,
+        principal: &auth::Principal,
+    ) -> (CancellationToken, Option<auth::StreamSlot>) {
+        self.inner
+            .key_streams
+            .open(&self.inner.streams, &principal.credential)
+    }
+
+    pub(crate) fn key_streams(&self) -> &auth::KeyStreams {
+        &self.inner.key_streams
+    }
+
+    pub(crate) fn failure_limiter(&self) -> &auth::FailureLimiter {
+        &self.inner.failures
     }
 
     pub(crate) fn is_draining(&self) -> bool {

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agents, health, metrics, runs, sessions, streams};
+use crate::routes::{agents, audit, health, keys, metrics, runs, sessions, streams};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +15,8 @@ use crate::routes::{agents, health, metrics, runs, sessions, streams};
         sessions::create, sessions::list, sessions::get, sessions::delete, sessions::messages,
         runs::create_on_session, runs::create, runs::list, runs::get, runs::cancel, runs::signal,
         streams::events_page, streams::events_stream, streams::run_updates,
+        keys::create, keys::list, keys::revoke, keys::rotate,
+        audit::list,
     ),
     components(schemas(crate::error::ErrorEnvelope, agentd_core::event::EventPayload)),
     modifiers(&BearerAuth),

@@ -93,11 +93,14 @@ pub struct RunView {
     pub session_id: String,
     pub agent: String,
     pub status: RunStatus,
-    /// The input as sent.
+    /// The input as sent; null when withheld (`redacted`).
     #[schema(value_type = Object)]
     pub input: Value,
     #[schema(value_type = Object)]
     pub metadata: Value,
+    /// True when the caller lacks `runs:read_inputs`: `input` and `metadata`
+    /// are withheld (seed 001).
+    pub redacted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_plugin: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,6 +135,7 @@ impl RunView {
             status: run.status,
             input: run.input.clone(),
             metadata: run.metadata.clone(),
+            redacted: false,
             source_plugin: run.source.source_plugin.clone(),
             source_kind: run.source.source_kind.clone(),
             actor_id: run.source.actor_id.clone(),
@@ -146,6 +150,16 @@ impl RunView {
             finished_at: run.finished_at.map(to_rfc3339),
             request_id: None,
         }
+    }
+
+    /// Withholds the inputs unless the reader may see them.
+    pub fn redacted_unless(mut self, read_inputs: bool) -> Self {
+        if !read_inputs {
+            self.input = Value::Null;
+            self.metadata = Value::Null;
+            self.redacted = true;
+        }
+        self
     }
 
     pub fn with_request_id(mut self, id: &str) -> Self {

@@ -12,16 +12,18 @@
 
 mod error;
 mod hub;
+mod keys;
 mod metrics;
 pub mod sqlite;
 mod types;
 
 pub use error::StoreError;
+pub use keys::*;
 pub use hub::{EventHub, HubMessage, RunSubscription};
 pub use metrics::{StoreMetrics, StoreMetricsSnapshot};
 pub use types::*;
 
-use agentd_core::{Event, Message, NewEvent, Run, Session, TenantId};
+use agentd_core::{AuditRecord, Event, Message, NewEvent, Run, Session, TenantId};
 use async_trait::async_trait;
 
 #[async_trait]
@@ -97,4 +99,32 @@ pub trait Store: Send + Sync + 'static {
     async fn heartbeat(&self, owner: &str, lease_ms: i64) -> Result<Heartbeat, StoreError>;
     /// Gives up every lease `owner` holds so another worker can take them now.
     async fn release_leases(&self, owner: &str) -> Result<(), StoreError>;
+
+    // --- API keys and audit -------------------------------------------------
+
+    async fn create_api_key(&self, key: ApiKey) -> Result<(), StoreError>;
+    /// By id alone, across tenants: authentication starts from the credential,
+    /// and the key says which tenant it acts on. Nothing else is unscoped.
+    async fn find_api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
+    async fn list_api_keys(
+        &self,
+        tenant: &TenantId,
+        page: PageRequest,
+    ) -> Result<Page<ApiKey>, StoreError>;
+    /// Idempotent; a revoked key also loses any rotation grace.
+    async fn revoke_api_key(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        now: i64,
+    ) -> Result<KeyChange, StoreError>;
+    async fn rotate_api_key(&self, rotation: KeyRotation) -> Result<KeyChange, StoreError>;
+    /// Appends to the audit trail; durable when this returns.
+    async fn record_audit(&self, records: Vec<AuditRecord>) -> Result<(), StoreError>;
+    async fn list_audit(
+        &self,
+        tenant: &TenantId,
+        filter: AuditFilter,
+        page: PageRequest,
+    ) -> Result<Page<AuditRecord>, StoreError>;
 }

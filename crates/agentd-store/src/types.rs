@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use agentd_core::time::Millis;
-use agentd_core::{Run, RunStatus, RunTransition, TenantId, Usage};
+use agentd_core::{AuditRecord, Run, RunStatus, RunTransition, TenantId, Usage};
 use serde_json::Value;
 
 #[derive(Clone, Debug)]
@@ -44,6 +44,8 @@ pub struct NewRun {
     pub run: Run,
     pub session: SessionTarget,
     pub idempotency: Option<IdempotencyRecord>,
+    /// The `run_created` entry, committed with the run so neither exists alone.
+    pub audit: Option<AuditRecord>,
 }
 
 #[derive(Clone, Debug)]

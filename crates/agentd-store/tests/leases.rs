@@ -45,6 +45,7 @@ async fn create(store: &SqliteStore, tenant: &TenantId) -> Run {
             run,
             session,
             idempotency: None,
+            audit: None,
         })
         .await
         .unwrap()

@@ -44,6 +44,10 @@ pub struct FileConfig {
     #[serde(default)]
     pub worker: WorkerSection,
     #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub redaction: RedactionSection,
+    #[serde(default)]
     pub models: IndexMap<String, ModelSpec>,
     #[serde(default)]
     pub agents: IndexMap<String, AgentSpec>,
@@ -70,6 +74,28 @@ pub struct WorkerSection {
     pub poll_ms: Option<u64>,
 }
 
+/// `[auth]`: how callers are identified and throttled.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Addresses or CIDR blocks whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Failed authentications one address may make per window before 429.
+    pub max_failures: Option<u32>,
+    pub failure_window_secs: Option<u64>,
+}
+
+/// `[redaction]`: secrets scrubbed from events as they are written.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RedactionSection {
+    /// Names of environment variables whose values are secrets. Model keys
+    /// (`api_key_env`), the admin token and static keys are always included.
+    #[serde(default)]
+    pub secret_env: Vec<String>,
+}
+
 /// Everything `serve` needs, resolved.
 #[derive(Debug)]
 pub struct Settings {
@@ -80,6 +106,8 @@ pub struct Settings {
     pub fsync: bool,
     pub shutdown_grace_secs: u64,
     pub worker: WorkerSection,
+    pub auth: AuthSection,
+    pub redaction: RedactionSection,
     pub models: IndexMap<String, ModelSpec>,
     pub agents: IndexMap<String, AgentSpec>,
 }
@@ -118,6 +146,8 @@ impl Settings {
                 .or(file.server.shutdown_grace_secs)
                 .unwrap_or(10),
             worker: file.worker,
+            auth: file.auth,
+            redaction: file.redaction,
             models,
             agents,
         })

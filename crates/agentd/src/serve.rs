@@ -7,8 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentd_engine::{AgentCatalog, Engine, EngineConfig};
-use agentd_server::{AdminToken, AppState, ServerConfig};
+use agentd_engine::{AgentCatalog, Engine, EngineConfig, Scrubber};
+use agentd_server::{
+    AdminToken, AppState, AuthConfig, FailureLimit, ServerConfig, StaticKeys, TrustedProxies,
+};
 use agentd_store::Store;
 use agentd_store::sqlite::{SqliteConfig, SqliteStore};
 use anyhow::{Context, bail};
@@ -29,7 +31,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::warn!(agent = %agent.name, variable = var, "the agent's model key is not set; its runs will fail until it is");
         }
     }
-    let admin = admin_token(&settings)?;
+    let (admin, admin_secret) = admin_token(&settings)?;
+    let static_keys: Vec<String> = std::env::var("AGENTD_API_KEYS")
+        .unwrap_or_default()
+        .split(',')
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .collect();
+    let auth = AuthConfig {
+        admin_token: admin,
+        static_keys: StaticKeys::new(static_keys.iter().map(String::as_str)),
+        trusted_proxies: TrustedProxies::parse(
+            settings.auth.trusted_proxies.iter().map(String::as_str),
+        )?,
+        failure_limit: failure_limit(&settings),
+    };
+    let scrubber = Arc::new(Scrubber::new(secrets_to_scrub(
+        &settings,
+        &catalog,
+        admin_secret,
+        static_keys,
+    )));
 
     let store = SqliteStore::open(&SqliteConfig {
         data_dir: settings.data_dir.clone(),
@@ -46,6 +68,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     engine_config.lease_ms = w.lease_ms.unwrap_or(engine_config.lease_ms);
     engine_config.heartbeat_ms = w.heartbeat_ms.unwrap_or(engine_config.heartbeat_ms);
     engine_config.poll_ms = w.poll_ms.unwrap_or(engine_config.poll_ms);
+    engine_config.scrubber = scrubber.clone();
     let engine = Engine::start(store.clone(), engine_config);
 
     let state = AppState::new(
@@ -53,7 +76,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine.clone(),
         catalog,
         ServerConfig {
-            admin_token: admin,
+            auth,
+            scrubber,
             store_kind: "sqlite",
         },
     );
@@ -73,6 +97,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown_signal().await;
@@ -106,14 +131,51 @@ async fn shutdown_signal() {
     }
 }
 
+fn failure_limit(settings: &Settings) -> FailureLimit {
+    let default = FailureLimit::default();
+    FailureLimit {
+        max_failures: settings.auth.max_failures.unwrap_or(default.max_failures),
+        window: settings
+            .auth
+            .failure_window_secs
+            .map(Duration::from_secs)
+            .unwrap_or(default.window),
+    }
+}
+
+/// Every secret value agentd knows of: scrubbed from events when written.
+fn secrets_to_scrub(
+    settings: &Settings,
+    catalog: &AgentCatalog,
+    admin_token: String,
+    static_keys: Vec<String>,
+) -> Vec<String> {
+    let vars = settings
+        .redaction
+        .secret_env
+        .iter()
+        .map(String::as_str)
+        .chain(catalog.iter().filter_map(|a| a.model.api_key_env.as_deref()));
+    vars.filter_map(|v| std::env::var(v).ok())
+        .chain([admin_token])
+        .chain(static_keys)
+        .collect()
+}
+
 /// `AGENTD_ADMIN_TOKEN`, else `--admin-token-file`, else — on a loopback bind
 /// only — a token generated once into `<data-dir>/admin-token` (0600).
-fn admin_token(settings: &Settings) -> anyhow::Result<AdminToken> {
+/// Returns the token's verifier and the token itself (to scrub).
+fn admin_token(settings: &Settings) -> anyhow::Result<(AdminToken, String)> {
+    let token = admin_token_text(settings)?;
+    Ok((AdminToken::new(&token), token))
+}
+
+fn admin_token_text(settings: &Settings) -> anyhow::Result<String> {
     if let Ok(token) = std::env::var("AGENTD_ADMIN_TOKEN") {
         if token.trim().len() < 16 {
             bail!("AGENTD_ADMIN_TOKEN must be at least 16 characters");
         }
-        return Ok(AdminToken::new(token.trim()));
+        return Ok(token.trim().to_owned());
     }
     if let Some(path) = &settings.admin_token_file {
         let token = std::fs::read_to_string(path)
@@ -124,7 +186,7 @@ fn admin_token(settings: &Settings) -> anyhow::Result<AdminToken> {
                 path.display()
             );
         }
-        return Ok(AdminToken::new(token.trim()));
+        return Ok(token.trim().to_owned());
     }
     if !settings.addr.ip().is_loopback() {
         bail!(
@@ -138,7 +200,7 @@ fn admin_token(settings: &Settings) -> anyhow::Result<AdminToken> {
         "admin token: {} (use it as `Authorization: Bearer <token>`)",
         path.display()
     );
-    Ok(AdminToken::new(&token))
+    Ok(token)
 }
 
 fn read_or_generate(path: &Path) -> anyhow::Result<String> {

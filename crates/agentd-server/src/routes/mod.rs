@@ -1,7 +1,9 @@
 //! The route table. Each submodule holds the handlers of one resource.
 
 pub(crate) mod agents;
+pub(crate) mod audit;
 pub(crate) mod health;
+pub(crate) mod keys;
 pub(crate) mod metrics;
 pub(crate) mod runs;
 pub(crate) mod sessions;
@@ -10,7 +12,7 @@ pub(crate) mod streams;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use agentd_core::{Run, Session};
 
@@ -35,7 +37,11 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/signal", post(runs::signal))
         .route("/runs/{id}/events", get(streams::events_page))
         .route("/runs/{id}/events/stream", get(streams::events_stream))
-        .route("/runs/{id}/stream", get(streams::run_updates));
+        .route("/runs/{id}/stream", get(streams::run_updates))
+        .route("/api-keys", post(keys::create).get(keys::list))
+        .route("/api-keys/{key_id}", delete(keys::revoke))
+        .route("/api-keys/{key_id}/rotate", post(keys::rotate))
+        .route("/audit", get(audit::list));
     Router::new()
         .route("/health", get(health::health))
         .route("/health/ready", get(health::ready))

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use agentd_core::run::RunSource;
 use agentd_core::time::{now_millis, parse_rfc3339};
-use agentd_core::{Run, RunStatus, TenantId, new_id};
+use agentd_core::{AuditAction, AuditRecord, Run, RunStatus, new_id};
 use agentd_store::{
     CREATION_EVENTS, CreateRunOutcome, HubMessage, IdempotencyRecord, NewRun, NewSession,
     RunFilter, SessionTarget,
@@ -22,8 +22,8 @@ use agentd_store::{
 
 use super::find_run;
 use super::sessions::{metadata_object, resolve_agent};
-use crate::AppState;
 use crate::auth::{Principal, Scope};
+use crate::{AppState, audit};
 use crate::error::{ApiError, Resource};
 use crate::extract::{JsonBody, QueryParams, parse_json, read_body};
 use crate::idempotency::{fingerprint, validate_key};
@@ -161,7 +161,7 @@ pub async fn create_on_session(
     });
     create_run(
         &state,
-        principal.tenant,
+        &principal,
         &request_id,
         spec,
         idem,
@@ -215,7 +215,7 @@ pub async fn create(
     let idem = Some(("POST /v1/runs".to_owned(), key, fingerprint(&raw)));
     create_run(
         &state,
-        principal.tenant,
+        &principal,
         &request_id,
         spec,
         idem,
@@ -226,14 +226,18 @@ pub async fn create(
 
 async fn create_run(
     state: &AppState,
-    tenant: TenantId,
+    principal: &Principal,
     request_id: &RequestId,
-    spec: RunSpec,
+    mut spec: RunSpec,
     idempotency: Option<(String, String, String)>,
     status: StatusCode,
 ) -> Result<Response, ApiError> {
     let store = state.store();
+    let tenant = principal.tenant.clone();
     let now = now_millis();
+    // Secrets a client pasted into its input never reach an event.
+    state.config().scrubber.scrub_value(&mut spec.input);
+    state.config().scrubber.scrub_value(&mut spec.metadata);
     let (session, session_agent) = match &spec.session {
         Some(id) => {
             let s = store
@@ -289,11 +293,21 @@ async fn create_run(
         status: status.as_u16(),
         body: body.clone(),
     });
+    let audit = AuditRecord {
+        actor_id: run.source.actor_id.clone(),
+        ..audit::on_target(
+            principal,
+            AuditAction::RunCreated,
+            ("run", &run.id),
+            json!({"session_id": run.session_id, "agent": run.agent}),
+        )
+    };
     let outcome = store
         .create_run(NewRun {
             run,
             session,
             idempotency,
+            audit: Some(audit),
         })
         .await?;
     Ok(match outcome {
@@ -360,8 +374,13 @@ pub async fn list(
         .store()
         .list_runs(&principal.tenant, filter, page)
         .await?;
+    let read_inputs = principal.can(Scope::RunsReadInputs);
     Ok(Json(List {
-        data: page.items.iter().map(RunView::of).collect(),
+        data: page
+            .items
+            .iter()
+            .map(|r| RunView::of(r).redacted_unless(read_inputs))
+            .collect(),
         next_cursor: page.next.as_ref().map(encode_cursor),
     }))
 }
@@ -376,7 +395,9 @@ pub async fn get(
 ) -> Result<Json<RunView>, ApiError> {
     principal.require(Scope::RunsRead)?;
     let run = find_run(&state, &principal, &id).await?;
-    Ok(Json(RunView::of(&run)))
+    Ok(Json(
+        RunView::of(&run).redacted_unless(principal.can(Scope::RunsReadInputs)),
+    ))
 }
 
 /// How long cancel waits for a running run's worker to stop it.
@@ -393,13 +414,27 @@ pub async fn cancel(
 ) -> Result<Json<RunView>, ApiError> {
     principal.require(Scope::RunsWrite)?;
     let store = state.store();
+    let before = find_run(&state, &principal, &id).await?;
+    let from = before.status;
+    let run_was_live = !from.is_terminal();
     let mut sub = store.hub().subscribe(&id);
     let run = store
         .cancel_run(&principal.tenant, &id)
         .await?
         .ok_or(ApiError::NotFound(Resource::Run))?;
+    let read_inputs = principal.can(Scope::RunsReadInputs);
+    if run.status.is_terminal() && !run_was_live {
+        return Ok(Json(RunView::of(&run).redacted_unless(read_inputs)));
+    }
+    let entry = audit::on_target(
+        &principal,
+        AuditAction::RunCancelled,
+        ("run", &id),
+        json!({"from": from.as_str()}),
+    );
+    audit::record(&state, entry).await?;
     if run.status.is_terminal() {
-        return Ok(Json(RunView::of(&run)));
+        return Ok(Json(RunView::of(&run).redacted_unless(read_inputs)));
     }
     // A worker holds it: wait (bounded) for it to record the cancel.
     let _ = tokio::time::timeout(CANCEL_WAIT, async {
@@ -422,7 +457,7 @@ pub async fn cancel(
     })
     .await;
     let run = find_run(&state, &principal, &id).await?;
-    Ok(Json(RunView::of(&run)))
+    Ok(Json(RunView::of(&run).redacted_unless(read_inputs)))
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -68,8 +68,9 @@ pub async fn events_page(
     let next_cursor = (events.len() == limit as usize)
         .then(|| events.last().map(|e| e.seq.to_string()))
         .flatten();
+    let read_inputs = principal.can(Scope::RunsReadInputs);
     Ok(Json(EventPage {
-        data: events.iter().map(|e| e.to_public()).collect(),
+        data: events.iter().map(|e| e.to_public_for(read_inputs)).collect(),
         next_cursor,
     }))
 }
@@ -120,19 +121,19 @@ pub async fn events_stream(
     principal.require(Scope::RunsRead)?;
     let after = resume_point(&headers, q.after_seq)?;
     find_run(&state, &principal, &id).await?;
-    let rx = follow(
-        state.store().clone(),
-        principal.tenant,
-        id,
-        after,
-        state.streams_token(),
-    );
-    let events = ReceiverStream::new(rx).map(|item| match item {
-        Ok(e) => SseEvent::default()
-            .event("run_event")
-            .id(e.seq.to_string())
-            .data(serde_json::to_string(&e.to_public()).unwrap_or_default()),
-        Err(e) => error_event(e.to_string()),
+    let read_inputs = principal.can(Scope::RunsReadInputs);
+    let (token, slot) = state.stream_token(&principal);
+    let rx = follow(state.store().clone(), principal.tenant, id, after, token);
+    let events = ReceiverStream::new(rx).map(move |item| {
+        // The stream owns its registration: dropped, it deregisters.
+        let _slot = &slot;
+        match item {
+            Ok(e) => SseEvent::default()
+                .event("run_event")
+                .id(e.seq.to_string())
+                .data(serde_json::to_string(&e.to_public_for(read_inputs)).unwrap_or_default()),
+            Err(e) => error_event(e.to_string()),
+        }
     });
     Ok(sse(events))
 }
@@ -148,10 +149,12 @@ pub async fn run_updates(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     principal.require(Scope::RunsRead)?;
     let run = find_run(&state, &principal, &id).await?;
-    let snapshot = |run: &agentd_core::Run| {
+    let read_inputs = principal.can(Scope::RunsReadInputs);
+    let snapshot = move |run: &agentd_core::Run| {
+        let view = RunView::of(run).redacted_unless(read_inputs);
         SseEvent::default()
             .event("run_updated")
-            .data(serde_json::to_string(&RunView::of(run)).unwrap_or_default())
+            .data(serde_json::to_string(&view).unwrap_or_default())
     };
     let first = snapshot(&run);
     if run.status.is_terminal() {
@@ -159,14 +162,16 @@ pub async fn run_updates(
     }
     let store = state.store().clone();
     let tenant = principal.tenant.clone();
+    let (token, slot) = state.stream_token(&principal);
     let rx = follow(
         store.clone(),
         principal.tenant,
         id.clone(),
         run.last_seq,
-        state.streams_token(),
+        token,
     );
     let updates = ReceiverStream::new(rx).filter_map(move |item| {
+        let _slot = &slot;
         let store = store.clone();
         let tenant = tenant.clone();
         let id = id.clone();

@@ -7,6 +7,7 @@
 //! small pool of read connections, which WAL lets run beside the writer.
 
 mod batch;
+mod keys;
 mod ops;
 mod rows;
 mod writer;
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use agentd_core::{Event, Message, NewEvent, Run, Session, TenantId};
+use agentd_core::{AuditRecord, Event, Message, NewEvent, Run, Session, TenantId};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, QueryBuilder, Sqlite, SqlitePool};
@@ -24,7 +25,7 @@ use sqlx::{ConnectOptions, QueryBuilder, Sqlite, SqlitePool};
 use self::rows::{EventRow, MessageRow, RUN_COLUMNS, RunRow, SessionRow};
 use self::writer::Writer;
 use crate::{
-    ClaimRequest, ClaimedRun, CreateRunOutcome, EventHub, Heartbeat, Lease, NewRun, NewSession,
+    ApiKey, AuditFilter, KeyChange, KeyRotation, ClaimRequest, ClaimedRun, CreateRunOutcome, EventHub, Heartbeat, Lease, NewRun, NewSession,
     Page, PageRequest, RunFilter, RunUpdate, Store, StoreError, StoreMetrics, StoreMetricsSnapshot,
 };
 
@@ -315,5 +316,52 @@ impl Store for SqliteStore {
         self.writer
             .submit(ops::release_leases, owner.to_owned())
             .await
+    }
+
+    async fn create_api_key(&self, key: ApiKey) -> Result<(), StoreError> {
+        self.writer.submit(keys::create_key, key).await
+    }
+
+    async fn find_api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        keys::find_key(&self.reads, id).await
+    }
+
+    async fn list_api_keys(
+        &self,
+        tenant: &TenantId,
+        page: PageRequest,
+    ) -> Result<Page<ApiKey>, StoreError> {
+        keys::list_keys(&self.reads, tenant, page).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        now: i64,
+    ) -> Result<KeyChange, StoreError> {
+        self.writer
+            .submit(keys::revoke_key, (tenant.clone(), id.to_owned(), now))
+            .await
+    }
+
+    async fn rotate_api_key(&self, rotation: KeyRotation) -> Result<KeyChange, StoreError> {
+        self.writer.submit(keys::rotate_key, rotation).await
+    }
+
+    async fn record_audit(&self, records: Vec<AuditRecord>) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.writer.submit(keys::record_audit, records).await
+    }
+
+    async fn list_audit(
+        &self,
+        tenant: &TenantId,
+        filter: AuditFilter,
+        page: PageRequest,
+    ) -> Result<Page<AuditRecord>, StoreError> {
+        keys::list_audit(&self.reads, tenant, filter, page).await
     }
 }

@@ -35,7 +35,7 @@ use crate::{
 /// How long an idempotency key is remembered (DESIGN §3).
 pub(crate) const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
-type Op<'c, R> = BoxFuture<'c, sqlx::Result<Applied<R>>>;
+pub(crate) type Op<'c, R> = BoxFuture<'c, sqlx::Result<Applied<R>>>;
 
 async fn load_run(c: &mut SqliteConnection, id: &str) -> sqlx::Result<Option<Run>> {
     let row: Option<RunRow> =

@@ -119,6 +119,9 @@ pub(crate) fn create_run<'c>(
             .execute(&mut *c)
             .await?;
         }
+        if let Some(audit) = &new.audit {
+            super::super::keys::insert_audit(c, std::slice::from_ref(audit)).await?;
+        }
 
         let mut stored = run.clone();
         stored.status = RunStatus::Queued;

@@ -1,0 +1,78 @@
+//! Open streams by the key that opened them, so revoking or rotating a key
+//! closes them at once (DESIGN §2) instead of when the client hangs up.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use agentd_store::SecretDigest;
+use tokio_util::sync::CancellationToken;
+
+use super::Credential;
+
+#[derive(Default)]
+pub(crate) struct KeyStreams {
+    next: AtomicU64,
+    /// key id → stream slot → (the secret it authenticated with, its token).
+    open: Mutex<HashMap<String, HashMap<u64, (SecretDigest, CancellationToken)>>>,
+}
+
+/// Held by a stream for its life; deregisters it when dropped.
+pub(crate) struct StreamSlot {
+    streams: Arc<KeyStreams>,
+    key_id: String,
+    slot: u64,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slots) = open.get_mut(&self.key_id) {
+            slots.remove(&self.slot);
+            if slots.is_empty() {
+                open.remove(&self.key_id);
+            }
+        }
+    }
+}
+
+impl KeyStreams {
+    /// A token for a new stream: a child of `parent` (shutdown), also
+    /// cancelled when the credential's key is revoked or rotated away.
+    pub fn open(
+        self: &Arc<Self>,
+        parent: &CancellationToken,
+        credential: &Credential,
+    ) -> (CancellationToken, Option<StreamSlot>) {
+        let token = parent.child_token();
+        let Credential::Key { id, secret } = credential else {
+            return (token, None);
+        };
+        let slot = self.next.fetch_add(1, Ordering::Relaxed);
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.clone())
+            .or_default()
+            .insert(slot, (*secret, token.clone()));
+        let guard = StreamSlot {
+            streams: self.clone(),
+            key_id: id.clone(),
+            slot,
+        };
+        (token, Some(guard))
+    }
+
+    /// Closes the key's streams, except those opened with `keep` (the new
+    /// secret after a rotation, or the old one still in its grace period).
+    pub fn close(&self, key_id: &str, keep: &[SecretDigest]) {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slots) = open.get(key_id) {
+            for (secret, token) in slots.values() {
+                if !keep.contains(secret) {
+                    token.cancel();
+                }
+            }
+        }
+    }
+}
