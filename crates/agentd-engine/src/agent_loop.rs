@@ -15,8 +15,8 @@ use tokio::time::Instant;
 
 use crate::agents::AgentSnapshot;
 use crate::appender::{Appender, AppenderClosed};
-use crate::scrub::Scrubber;
 use crate::models::{self, ChatMessage, ModelDelta, ModelError, ModelRequest, Role};
+use crate::scrub::Scrubber;
 use crate::worker::RunHandle;
 
 /// At most one `step.progress` per run per this interval (DESIGN §4); the

@@ -60,11 +60,19 @@ impl Scrubber {
         }
         let current = out.as_deref().unwrap_or(text);
         if self.header.is_match(current) {
-            out = Some(self.header.replace_all(current, "$1$2[REDACTED]").into_owned());
+            out = Some(
+                self.header
+                    .replace_all(current, "$1$2[REDACTED]")
+                    .into_owned(),
+            );
         }
         let current = out.as_deref().unwrap_or(text);
         if self.bearer.is_match(current) {
-            out = Some(self.bearer.replace_all(current, "$1[REDACTED]").into_owned());
+            out = Some(
+                self.bearer
+                    .replace_all(current, "$1[REDACTED]")
+                    .into_owned(),
+            );
         }
         out
     }
@@ -105,13 +113,23 @@ mod tests {
                 "Authorization: Bearer abc.def.ghi",
                 "Authorization: [REDACTED]",
             ),
-            ("curl -H 'x-api-key: zzz' url", "curl -H 'x-api-key: [REDACTED]' url"),
+            (
+                "curl -H 'x-api-key: zzz' url",
+                "curl -H 'x-api-key: [REDACTED]' url",
+            ),
             (r#"{"api_key": "v4lue"}"#, r#"{"api_key": "[REDACTED]"}"#),
-            ("use bearer eyJhbGciOiJIUzI1NiJ9 now", "use bearer [REDACTED] now"),
+            (
+                "use bearer eyJhbGciOiJIUzI1NiJ9 now",
+                "use bearer [REDACTED] now",
+            ),
             ("Cookie: sid=abc; x=1", "Cookie: [REDACTED]; x=1"),
         ];
         for (input, want) in cases {
-            assert_eq!(s.scrub_str(input).as_deref().unwrap_or(input), want, "{input}");
+            assert_eq!(
+                s.scrub_str(input).as_deref().unwrap_or(input),
+                want,
+                "{input}"
+            );
         }
         assert_eq!(s.scrub_str("nothing to see"), None);
     }
@@ -121,7 +139,10 @@ mod tests {
         let s = Scrubber::new(["hunter2hunter2".to_owned()]);
         let mut v = json!({"a": ["x hunter2hunter2", 1, {"b": "hunter2hunter2"}], "c": true});
         assert!(s.scrub_value(&mut v));
-        assert_eq!(v, json!({"a": ["x [REDACTED]", 1, {"b": "[REDACTED]"}], "c": true}));
+        assert_eq!(
+            v,
+            json!({"a": ["x [REDACTED]", 1, {"b": "[REDACTED]"}], "c": true})
+        );
         assert!(!s.scrub_value(&mut v));
     }
 }

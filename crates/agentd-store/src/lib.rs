@@ -18,8 +18,8 @@ pub mod sqlite;
 mod types;
 
 pub use error::StoreError;
-pub use keys::*;
 pub use hub::{EventHub, HubMessage, RunSubscription};
+pub use keys::*;
 pub use metrics::{StoreMetrics, StoreMetricsSnapshot};
 pub use types::*;
 

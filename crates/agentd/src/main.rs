@@ -1,6 +1,8 @@
-//! `agentd`: the command line. `serve` runs the daemon.
+//! `agentd`: the command line. `serve` runs the daemon; `keys` manages API
+//! keys through a running one.
 
 mod config;
+mod keys_cli;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the daemon: HTTP API, workers and store.
     Serve(config::ServeArgs),
+    /// Create, list and revoke API keys on a running daemon.
+    Keys(keys_cli::KeysArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve::serve(args)),
+        Command::Keys(args) => runtime.block_on(keys_cli::run(args)),
     }
 }

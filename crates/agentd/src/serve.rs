@@ -155,7 +155,11 @@ fn secrets_to_scrub(
         .secret_env
         .iter()
         .map(String::as_str)
-        .chain(catalog.iter().filter_map(|a| a.model.api_key_env.as_deref()));
+        .chain(
+            catalog
+                .iter()
+                .filter_map(|a| a.model.api_key_env.as_deref()),
+        );
     vars.filter_map(|v| std::env::var(v).ok())
         .chain([admin_token])
         .chain(static_keys)

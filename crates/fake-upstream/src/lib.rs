@@ -33,6 +33,8 @@ pub struct Behavior {
     /// without `[DONE]`, as a dropped connection does.
     pub cut_next: AtomicUsize,
     pub cut_after: AtomicUsize,
+    /// When set, every answer's content chunks are these instead of `t0 t1 …`.
+    pub script: Mutex<Vec<String>>,
 }
 
 impl Default for Behavior {
@@ -44,6 +46,7 @@ impl Default for Behavior {
             fail_status: AtomicUsize::new(500),
             cut_next: AtomicUsize::new(0),
             cut_after: AtomicUsize::new(0),
+            script: Mutex::new(Vec::new()),
         }
     }
 }
@@ -59,6 +62,12 @@ impl Behavior {
     pub fn cut_next(&self, n: usize, chunks: usize) {
         self.cut_after.store(chunks, Ordering::SeqCst);
         self.cut_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Answers carry exactly these content chunks from now on.
+    pub fn set_script(&self, chunks: &[&str]) {
+        *self.script.lock().unwrap_or_else(|e| e.into_inner()) =
+            chunks.iter().map(|c| (*c).to_owned()).collect();
     }
 
     /// The next `n` requests answer `status` (e.g. 500, 429).
@@ -196,7 +205,12 @@ async fn chat(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         )
             .into_response();
     }
-    let tokens = b.tokens.load(Ordering::SeqCst);
+    let script = b.script.lock().map(|s| s.clone()).unwrap_or_default();
+    let tokens = if script.is_empty() {
+        b.tokens.load(Ordering::SeqCst)
+    } else {
+        script.len()
+    };
     let delay = Duration::from_micros(b.delay_us.load(Ordering::SeqCst));
     let cut = b
         .cut_next
@@ -237,7 +251,11 @@ async fn chat(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     for i in 0..tokens {
         frames.push((
             true,
-            chunk(json!({"content": token(i)}), Value::Null).to_string(),
+            chunk(
+                json!({"content": script.get(i).cloned().unwrap_or_else(|| token(i))}),
+                Value::Null,
+            )
+            .to_string(),
         ));
     }
     if cut && cut_after < tokens {

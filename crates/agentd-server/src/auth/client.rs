@@ -140,15 +140,15 @@ mod tests {
             Some(ip("198.51.100.1"))
         );
         // A spoofed left-most hop does not win over the real one.
-        h.insert(
-            "x-forwarded-for",
-            "1.2.3.4, 203.0.113.9".parse().unwrap(),
-        );
+        h.insert("x-forwarded-for", "1.2.3.4, 203.0.113.9".parse().unwrap());
         assert_eq!(
             proxies.client_ip(Some(ip("10.0.0.1")), &h),
             Some(ip("203.0.113.9"))
         );
         let none = TrustedProxies::default();
-        assert_eq!(none.client_ip(Some(ip("127.0.0.1")), &h), Some(ip("127.0.0.1")));
+        assert_eq!(
+            none.client_ip(Some(ip("127.0.0.1")), &h),
+            Some(ip("127.0.0.1"))
+        );
     }
 }

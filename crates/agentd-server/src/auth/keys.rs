@@ -80,9 +80,15 @@ pub async fn check_key(
     };
     let usable = key.revoked_at.is_none() && key.expires_at.is_none_or(|at| at > now);
     if usable && bool::from(matches_current) {
-        Ok(KeyCheck::Valid { key, secret: current })
+        Ok(KeyCheck::Valid {
+            key,
+            secret: current,
+        })
     } else if usable && bool::from(matches_previous) {
-        Ok(KeyCheck::Valid { key, secret: previous })
+        Ok(KeyCheck::Valid {
+            key,
+            secret: previous,
+        })
     } else {
         Ok(KeyCheck::Invalid {
             tenant: Some(key.tenant_id),

@@ -25,9 +25,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-pub use agentd_core::{Scope, Scopes};
 use agentd_core::time::now_millis;
 use agentd_core::{AuditAction, AuditOutcome, AuditRecord, TenantId, new_id};
+pub use agentd_core::{Scope, Scopes};
 use agentd_store::{SecretDigest, Store};
 pub use client::{InvalidBlock, TrustedProxies};
 pub use keys::StaticKeys;
@@ -60,8 +60,12 @@ pub enum Credential {
         secret: SecretDigest,
     },
     /// The n-th key of `AGENTD_API_KEYS`.
-    Static { index: usize },
-    Jwt { subject: Option<String> },
+    Static {
+        index: usize,
+    },
+    Jwt {
+        subject: Option<String>,
+    },
 }
 
 /// The authenticated caller of one request.
@@ -232,11 +236,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 /// Resolves a bearer token to an identity.
-async fn identify(
-    state: &AppState,
-    token: &str,
-    headers: &HeaderMap,
-) -> Result<Identity, Refusal> {
+async fn identify(state: &AppState, token: &str, headers: &HeaderMap) -> Result<Identity, Refusal> {
     let auth = &state.config().auth;
     if auth.admin_token.matches(token) {
         let tenant = match headers.get(TENANT_HEADER) {

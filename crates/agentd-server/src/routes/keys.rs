@@ -161,13 +161,11 @@ pub async fn create(
         .expires_at
         .as_deref()
         .map(|s| {
-            parse_rfc3339(s)
-                .filter(|at| *at > now)
-                .ok_or_else(|| {
-                    ApiError::InvalidRequest(
-                        "invalid field `expires_at`: expected a future RFC 3339 time".into(),
-                    )
-                })
+            parse_rfc3339(s).filter(|at| *at > now).ok_or_else(|| {
+                ApiError::InvalidRequest(
+                    "invalid field `expires_at`: expected a future RFC 3339 time".into(),
+                )
+            })
         })
         .transpose()?;
     let secret = mint_secret();
@@ -220,10 +218,7 @@ pub async fn list(
         cursor: q.cursor,
     }
     .to_request()?;
-    let page = state
-        .store()
-        .list_api_keys(&principal.tenant, page)
-        .await?;
+    let page = state.store().list_api_keys(&principal.tenant, page).await?;
     let now = now_millis();
     Ok(Json(List {
         data: page.items.iter().map(|k| KeyView::of(k, now)).collect(),

@@ -23,12 +23,12 @@ use agentd_store::{
 use super::find_run;
 use super::sessions::{metadata_object, resolve_agent};
 use crate::auth::{Principal, Scope};
-use crate::{AppState, audit};
 use crate::error::{ApiError, Resource};
 use crate::extract::{JsonBody, QueryParams, parse_json, read_body};
 use crate::idempotency::{fingerprint, validate_key};
 use crate::request_id::RequestId;
 use crate::views::{List, PageQuery, RunView, encode_cursor};
+use crate::{AppState, audit};
 
 /// Seed 000's body for `POST /v1/sessions/{id}/runs`.
 #[derive(Deserialize, ToSchema)]

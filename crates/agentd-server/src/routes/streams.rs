@@ -70,7 +70,10 @@ pub async fn events_page(
         .flatten();
     let read_inputs = principal.can(Scope::RunsReadInputs);
     Ok(Json(EventPage {
-        data: events.iter().map(|e| e.to_public_for(read_inputs)).collect(),
+        data: events
+            .iter()
+            .map(|e| e.to_public_for(read_inputs))
+            .collect(),
         next_cursor,
     }))
 }

@@ -25,8 +25,9 @@ use sqlx::{ConnectOptions, QueryBuilder, Sqlite, SqlitePool};
 use self::rows::{EventRow, MessageRow, RUN_COLUMNS, RunRow, SessionRow};
 use self::writer::Writer;
 use crate::{
-    ApiKey, AuditFilter, KeyChange, KeyRotation, ClaimRequest, ClaimedRun, CreateRunOutcome, EventHub, Heartbeat, Lease, NewRun, NewSession,
-    Page, PageRequest, RunFilter, RunUpdate, Store, StoreError, StoreMetrics, StoreMetricsSnapshot,
+    ApiKey, AuditFilter, ClaimRequest, ClaimedRun, CreateRunOutcome, EventHub, Heartbeat,
+    KeyChange, KeyRotation, Lease, NewRun, NewSession, Page, PageRequest, RunFilter, RunUpdate,
+    Store, StoreError, StoreMetrics, StoreMetricsSnapshot,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

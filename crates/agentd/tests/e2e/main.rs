@@ -3,5 +3,6 @@
 
 mod api;
 mod durability;
+mod keys;
 mod streaming;
 mod support;

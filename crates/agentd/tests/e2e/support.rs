@@ -143,6 +143,7 @@ impl Daemon {
             base: self.url.clone(),
             http: self.http.clone(),
             token: Some(TOKEN.to_owned()),
+            headers: Vec::new(),
         }
     }
 }
@@ -188,6 +189,8 @@ pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
     pub token: Option<String>,
+    /// Sent with every request (`x-agentd-tenant`, `x-forwarded-for`, …).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Api {
@@ -201,8 +204,21 @@ impl Api {
         self
     }
 
+    /// The admin token acting on `tenant`.
+    pub fn as_tenant(self, tenant: &str) -> Api {
+        self.with_header("x-agentd-tenant", tenant)
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Api {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, format!("{}{}", self.base, path));
+        let mut r = self.http.request(method, format!("{}{}", self.base, path));
+        for (k, v) in &self.headers {
+            r = r.header(k, v);
+        }
         match &self.token {
             Some(t) => r.bearer_auth(t),
             None => r,
