@@ -6,3 +6,4 @@ mod durability;
 mod keys;
 mod streaming;
 mod support;
+mod tenancy;
