@@ -45,7 +45,7 @@ pub struct KeyRotation {
 /// What rotating or revoking found.
 #[derive(Clone, Debug)]
 pub enum KeyChange {
-    Changed(ApiKey),
+    Changed(Box<ApiKey>),
     /// No such key in this tenant.
     NotFound,
     /// Rotation refused: a revoked key stays revoked.

@@ -45,7 +45,10 @@ pub fn split_credential(token: &str) -> Option<(&str, &str)> {
 pub enum KeyCheck {
     /// Usable now. `secret` is the digest that matched (the current one, or
     /// the previous one inside a rotation's grace period).
-    Valid { key: ApiKey, secret: SecretDigest },
+    Valid {
+        key: Box<ApiKey>,
+        secret: SecretDigest,
+    },
     /// Unknown, wrong secret, revoked or expired — one answer for all, so a
     /// caller learns nothing. `tenant` is known when the key id exists, for
     /// the audit trail only.
@@ -81,12 +84,12 @@ pub async fn check_key(
     let usable = key.revoked_at.is_none() && key.expires_at.is_none_or(|at| at > now);
     if usable && bool::from(matches_current) {
         Ok(KeyCheck::Valid {
-            key,
+            key: Box::new(key),
             secret: current,
         })
     } else if usable && bool::from(matches_previous) {
         Ok(KeyCheck::Valid {
-            key,
+            key: Box::new(key),
             secret: previous,
         })
     } else {

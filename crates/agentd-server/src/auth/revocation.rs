@@ -10,11 +10,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::Credential;
 
+/// One key's open streams: slot → (the secret it authenticated with, its token).
+type Slots = HashMap<u64, (SecretDigest, CancellationToken)>;
+
 #[derive(Default)]
 pub(crate) struct KeyStreams {
     next: AtomicU64,
-    /// key id → stream slot → (the secret it authenticated with, its token).
-    open: Mutex<HashMap<String, HashMap<u64, (SecretDigest, CancellationToken)>>>,
+    /// By key id.
+    open: Mutex<HashMap<String, Slots>>,
 }
 
 /// Held by a stream for its life; deregisters it when dropped.

@@ -243,7 +243,7 @@ pub(crate) fn revoke_key<'c>(
         .execute(&mut *c)
         .await?;
         Ok(Applied::value(match load_key(c, tenant, id).await? {
-            Some(k) => KeyChange::Changed(k),
+            Some(k) => KeyChange::Changed(Box::new(k)),
             None => KeyChange::NotFound,
         }))
     })
@@ -277,15 +277,17 @@ pub(crate) fn rotate_key<'c>(
         .bind(&r.id)
         .execute(&mut *c)
         .await?;
-        Ok(Applied::value(KeyChange::Changed(ApiKey {
+        Ok(Applied::value(KeyChange::Changed(Box::new(ApiKey {
             secret: r.secret,
             previous,
             rotated_at: Some(r.now),
             ..key
-        })))
+        }))))
     })
 }
 
+// The writer's op signature fixes the argument type as `&A`.
+#[allow(clippy::ptr_arg)]
 pub(crate) fn record_audit<'c>(
     c: &'c mut SqliteConnection,
     _ctx: &'c mut Ctx,

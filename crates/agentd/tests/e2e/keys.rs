@@ -60,7 +60,7 @@ async fn keys_are_minted_shown_once_and_checked_with_every_reason_code() {
     assert_eq!(r.body["status"], "active");
 
     // Listed in its tenant, never with a secret.
-    let list = admin.clone().as_tenant("acme").get("/v1/api-keys").await;
+    let list = admin.clone().on_tenant("acme").get("/v1/api-keys").await;
     assert_eq!(list.status, 200);
     let listed = &list.body["data"][0];
     assert_eq!(listed["key_id"], key_id.as_str());
@@ -144,7 +144,7 @@ async fn keys_are_minted_shown_once_and_checked_with_every_reason_code() {
     // Revoked keys too, at once; revoking again is a no-op.
     let revoke = admin
         .clone()
-        .as_tenant("acme")
+        .on_tenant("acme")
         .delete(&format!("/v1/api-keys/{key_id}"))
         .await;
     assert_eq!(revoke.status, 204, "{:?}", revoke.body);
@@ -152,7 +152,7 @@ async fn keys_are_minted_shown_once_and_checked_with_every_reason_code() {
     assert_eq!((r.status, r.reason()), (401, "AUTH_KEY_INVALID"));
     let again = admin
         .clone()
-        .as_tenant("acme")
+        .on_tenant("acme")
         .delete(&format!("/v1/api-keys/{key_id}"))
         .await;
     assert_eq!(again.status, 204);
@@ -164,7 +164,7 @@ async fn keys_are_minted_shown_once_and_checked_with_every_reason_code() {
 async fn rotation_replaces_the_secret_at_once_or_after_a_grace_period() {
     let fake = FakeUpstream::start().await;
     let d = Daemon::start(&fake).await;
-    let admin = d.api().as_tenant("acme");
+    let admin = d.api().on_tenant("acme");
     let (id, old) = mint(&d.api(), "acme", &["runs:read"]).await;
 
     let r = admin
@@ -225,7 +225,7 @@ async fn revoking_or_rotating_a_key_closes_its_open_streams() {
     fake.behavior().set_tokens(400);
     fake.behavior().set_delay(Duration::from_millis(20));
     let d = Daemon::start(&fake).await;
-    let admin = d.api().as_tenant("acme");
+    let admin = d.api().on_tenant("acme");
     let (id, key) = mint(&d.api(), "acme", &["runs:read", "runs:write"]).await;
     let (other_id, other_key) = mint(&d.api(), "acme", &["runs:read"]).await;
     let api = d.api().with_token(&key);
@@ -332,7 +332,7 @@ async fn a_tenant_key_mints_only_within_its_tenant_and_scopes() {
         .collect();
     assert_eq!(tenants.len(), 4, "{:?}", listed.body);
     assert!(tenants.iter().all(|t| *t == "acme"));
-    let globex = d.api().as_tenant("globex").get("/v1/api-keys").await;
+    let globex = d.api().on_tenant("globex").get("/v1/api-keys").await;
     assert_eq!(
         globex.body["data"].as_array().unwrap().len(),
         1,
@@ -408,7 +408,7 @@ async fn every_security_relevant_act_is_audited() {
     fake.behavior().set_tokens(200);
     fake.behavior().set_delay(Duration::from_millis(10));
     let d = Daemon::start(&fake).await;
-    let admin = d.api().as_tenant("acme");
+    let admin = d.api().on_tenant("acme");
     let (id, key) = mint(
         &d.api(),
         "acme",
@@ -520,7 +520,7 @@ async fn every_security_relevant_act_is_audited() {
     let bad = admin.get("/v1/audit?action=nope").await;
     assert_eq!((bad.status, bad.reason()), (400, "INVALID_REQUEST"));
     // Another tenant's trail is its own.
-    let other = d.api().as_tenant("globex").get("/v1/audit").await;
+    let other = d.api().on_tenant("globex").get("/v1/audit").await;
     assert_eq!(other.body["data"], json!([]));
 }
 

@@ -205,7 +205,7 @@ impl Api {
     }
 
     /// The admin token acting on `tenant`.
-    pub fn as_tenant(self, tenant: &str) -> Api {
+    pub fn on_tenant(self, tenant: &str) -> Api {
         self.with_header("x-agentd-tenant", tenant)
     }
 

@@ -178,7 +178,7 @@ async fn another_tenants_objects_answer_404_on_every_route_and_stay_unchanged() 
 async fn every_route_checks_its_scope() {
     let fake = FakeUpstream::start().await;
     let d = Daemon::start(&fake).await;
-    let admin = d.api().as_tenant("acme");
+    let admin = d.api().on_tenant("acme");
     assert_eq!(
         admin
             .post("/v1/sessions", &json!({"session_id": "s"}))
@@ -327,7 +327,7 @@ async fn every_route_checks_its_scope() {
 async fn readers_without_read_inputs_see_runs_and_events_redacted() {
     let fake = FakeUpstream::start().await;
     let d = Daemon::start(&fake).await;
-    let admin = d.api().as_tenant("acme");
+    let admin = d.api().on_tenant("acme");
     let r = admin
         .post_idem(
             "/v1/runs",
