@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod event;
 pub mod ids;
+pub mod net;
 pub mod run;
 pub mod scope;
 pub mod session;

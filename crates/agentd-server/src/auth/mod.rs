@@ -25,11 +25,12 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+pub use agentd_core::net::InvalidBlock;
 use agentd_core::time::now_millis;
 use agentd_core::{AuditAction, AuditOutcome, AuditRecord, TenantId, new_id};
 pub use agentd_core::{Scope, Scopes};
 use agentd_store::{SecretDigest, Store};
-pub use client::{InvalidBlock, TrustedProxies};
+pub use client::TrustedProxies;
 pub use keys::StaticKeys;
 use keys::{KeyCheck, check_key, split_credential};
 pub use limiter::FailureLimit;
