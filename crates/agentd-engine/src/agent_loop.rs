@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::agents::AgentSnapshot;
 use crate::appender::{Appender, AppenderClosed};
-use crate::models::{self, ChatMessage, ModelDelta, ModelError, ModelRequest, Role};
+use crate::models::{self, ChatMessage, ModelDelta, ModelError, ModelRequest};
 use crate::scrub::Scrubber;
 use crate::worker::RunHandle;
 
@@ -125,23 +125,18 @@ async fn run_to_end(ctx: &RunContext, claimed: &ClaimedRun) -> Result<(), Stop> 
         .await?;
     let mut messages = Vec::with_capacity(history.len() + 2);
     if !agent.instructions.is_empty() {
-        messages.push(ChatMessage {
-            role: Role::System,
-            content: agent.instructions.clone(),
-        });
+        messages.push(ChatMessage::system(agent.instructions.clone()));
     }
-    messages.extend(history.into_iter().filter_map(|m| {
-        Some(ChatMessage {
-            role: Role::parse(&m.role)?,
-            content: m.content,
-        })
+    messages.extend(history.into_iter().filter_map(|m| match m.role.as_str() {
+        "user" => Some(ChatMessage::user(m.content)),
+        "assistant" => Some(ChatMessage::assistant(m.content)),
+        "system" => Some(ChatMessage::system(m.content)),
+        _ => None,
     }));
-    messages.push(ChatMessage {
-        role: Role::User,
-        content: run.user_message.clone(),
-    });
+    messages.push(ChatMessage::user(run.user_message.clone()));
     let request = ModelRequest {
         messages,
+        tools: Vec::new(),
         max_output_tokens: agent.max_output_tokens,
     };
 
@@ -342,6 +337,7 @@ async fn model_step(
                     }
                 }
                 Some(Ok(ModelDelta::Usage(u))) => usage = u,
+                Some(Ok(ModelDelta::Thinking(_) | ModelDelta::ThinkingBlock(_) | ModelDelta::ToolCall(_))) => {}
                 Some(Err(e)) => return Ok(Err(e)),
                 None => {
                     flush(ctx, step_id, attempt, &mut pending).await?;

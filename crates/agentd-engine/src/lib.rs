@@ -10,6 +10,7 @@ pub mod agents;
 mod appender;
 pub mod models;
 pub mod scrub;
+pub mod tools;
 mod worker;
 
 pub use agents::{AgentCatalog, AgentSnapshot, AgentSpec, ModelSpec, Provider};

@@ -7,51 +7,116 @@ use std::pin::Pin;
 
 use agentd_core::Usage;
 use futures::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::agents::{ModelSpec, Provider};
 
-/// One message of the conversation sent to a model.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ChatMessage {
-    pub role: Role,
+/// One message of the conversation sent to a model. Serializable because a
+/// run's own turns are kept in its events (`step.done`, `tool.finished`) and
+/// rebuilt from them when a run resumes or is recovered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum ChatMessage {
+    System { content: String },
+    User { content: String },
+    Assistant(AssistantTurn),
+    Tool(ToolResult),
+}
+
+impl ChatMessage {
+    pub fn system(content: impl Into<String>) -> Self {
+        ChatMessage::System {
+            content: content.into(),
+        }
+    }
+
+    pub fn user(content: impl Into<String>) -> Self {
+        ChatMessage::User {
+            content: content.into(),
+        }
+    }
+
+    pub fn assistant(content: impl Into<String>) -> Self {
+        ChatMessage::Assistant(AssistantTurn {
+            content: content.into(),
+            ..AssistantTurn::default()
+        })
+    }
+}
+
+/// What the model said in one step: text, its thinking, and the tools it
+/// wants called (several at once is allowed).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AssistantTurn {
+    #[serde(default)]
     pub content: String,
+    /// Kept whole, signatures included: Anthropic refuses a later tool turn
+    /// whose thinking was altered or dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thinking: Vec<ThinkingBlock>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    System,
-    User,
-    Assistant,
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThinkingBlock {
+    /// The reasoning text; for a redacted block, its opaque `data`.
+    pub thinking: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// Anthropic's `redacted_thinking`: returned verbatim, never shown.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
-    }
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The provider's id for the call; results answer it.
+    pub id: String,
+    pub name: String,
+    /// The parsed JSON arguments; a `Value::String` holding the raw text when
+    /// the model sent something that is not JSON (the tool then refuses).
+    pub arguments: Value,
+}
 
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "system" => Some(Role::System),
-            "user" => Some(Role::User),
-            "assistant" => Some(Role::Assistant),
-            _ => None,
-        }
-    }
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolResult {
+    pub tool_call_id: String,
+    /// The tool's name (Anthropic does not need it; others log it).
+    pub name: String,
+    pub content: String,
+    #[serde(default)]
+    pub is_error: bool,
+}
+
+/// A tool as the model is told about it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub parameters: Value,
 }
 
 #[derive(Clone, Debug)]
 pub struct ModelRequest {
     pub messages: Vec<ChatMessage>,
+    /// Offered to the model; empty means a plain answer.
+    pub tools: Vec<ToolSpec>,
     pub max_output_tokens: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelDelta {
+    /// Answer text, as it streams.
     Content(String),
+    /// Reasoning text, as it streams (`step.progress` kind `thinking_delta`).
+    Thinking(String),
+    /// A finished thinking block, signature included, for the history.
+    ThinkingBlock(ThinkingBlock),
+    /// A tool call whose arguments have fully arrived.
+    ToolCall(ToolCall),
     Usage(Usage),
 }
 
