@@ -35,6 +35,9 @@ pub enum ApiError {
     AuthInvalid,
     #[error("this credential lacks the {0} scope")]
     ScopeMissing(&'static str),
+    /// A browser origin outside the surface's CORS list ([`crate::cors`]).
+    #[error("this origin is not allowed to call this API")]
+    OriginNotAllowed,
     /// Missing, or another tenant's: the two are indistinguishable.
     #[error("{} not found", resource_name(*.0))]
     NotFound(Resource),
@@ -70,7 +73,7 @@ impl ApiError {
             | ApiError::IdempotencyKeyRequired
             | ApiError::UnknownAgent(_) => StatusCode::BAD_REQUEST,
             ApiError::AuthMissing | ApiError::AuthInvalid => StatusCode::UNAUTHORIZED,
-            ApiError::ScopeMissing(_) => StatusCode::FORBIDDEN,
+            ApiError::ScopeMissing(_) | ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::SessionExists
@@ -90,6 +93,7 @@ impl ApiError {
             ApiError::AuthMissing => "AUTH_MISSING_HEADER",
             ApiError::AuthInvalid => "AUTH_KEY_INVALID",
             ApiError::ScopeMissing(_) => "AUTH_SCOPE_MISSING",
+            ApiError::OriginNotAllowed => "ORIGIN_NOT_ALLOWED",
             ApiError::NotFound(Resource::Run) => "RUN_NOT_FOUND",
             ApiError::NotFound(Resource::Session) => "SESSION_NOT_FOUND",
             ApiError::NotFound(Resource::Route) => "NOT_FOUND",

@@ -4,6 +4,7 @@
 //! bodies by hand ([`error::ApiError`] is the one mapping to HTTP).
 
 pub mod auth;
+pub mod cors;
 pub mod error;
 mod extract;
 mod follow;
@@ -29,6 +30,8 @@ pub struct ServerConfig {
     pub admin_token: AdminToken,
     /// Which store backs this process (`sqlite`, `postgres`), for /health.
     pub store_kind: &'static str,
+    /// Browser origins allowed on `/v1` and on the chat surface.
+    pub cors: cors::CorsPolicies,
 }
 
 /// Shared by every handler; cheap to clone.
