@@ -21,6 +21,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let settings = Settings::resolve(args)?;
     check_database_url(settings.database_url.as_deref())?;
+    let cors = settings.cors.policies()?;
     let catalog = AgentCatalog::new(&settings.models, &settings.agents)?;
     for agent in catalog.iter() {
         if let Some(var) = agent.model.api_key_env.as_deref()
@@ -55,6 +56,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ServerConfig {
             admin_token: admin,
             store_kind: "sqlite",
+            cors,
         },
     );
     let listener = tokio::net::TcpListener::bind(settings.addr)
