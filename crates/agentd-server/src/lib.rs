@@ -9,6 +9,7 @@ pub mod error;
 mod extract;
 mod follow;
 mod idempotency;
+pub mod jwt;
 mod openapi;
 mod request_id;
 mod routes;
