@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub store_kind: &'static str,
     /// Browser origins allowed on `/v1` and on the chat surface.
     pub cors: cors::CorsPolicies,
+    /// Verifies user JWTs when `[auth.jwt]` is configured.
+    pub jwt: Option<Arc<jwt::JwtVerifier>>,
 }
 
 /// Shared by every handler; cheap to clone.

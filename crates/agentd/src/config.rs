@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use agentd_engine::{AgentSpec, ModelSpec, Provider};
 use agentd_server::cors::{CorsPolicies, CorsPolicy};
+use agentd_server::jwt::JwtSettings;
 use anyhow::{Context, bail};
 use clap::Args;
 use indexmap::IndexMap;
@@ -62,6 +63,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub server: ServerSection,
     #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
     pub worker: WorkerSection,
     #[serde(default)]
     pub models: IndexMap<String, ModelSpec>,
@@ -84,6 +87,16 @@ pub struct ServerSection {
     pub chat_cors_allow_origins: Option<Vec<String>>,
 }
 
+/// `[auth]`: how callers prove who they are, beyond the admin token and
+/// API keys. One table so related keys (trusted proxies, …) join it.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// `[auth.jwt]`: accept user JWTs; absent means none are accepted.
+    #[serde(default)]
+    pub jwt: Option<JwtSettings>,
+}
+
 /// Worker tuning; the defaults suit one node.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +117,7 @@ pub struct Settings {
     pub fsync: bool,
     pub shutdown_grace_secs: u64,
     pub cors: CorsSettings,
+    pub jwt: Option<JwtSettings>,
     pub worker: WorkerSection,
     pub models: IndexMap<String, ModelSpec>,
     pub agents: IndexMap<String, AgentSpec>,
@@ -156,6 +170,7 @@ impl Settings {
                     "[server] chat_cors_allow_origins",
                 ),
             },
+            jwt: file.auth.jwt,
             worker: file.worker,
             models,
             agents,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentd_engine::{AgentCatalog, Engine, EngineConfig};
+use agentd_server::jwt::JwtVerifier;
 use agentd_server::{AdminToken, AppState, ServerConfig};
 use agentd_store::Store;
 use agentd_store::sqlite::{SqliteConfig, SqliteStore};
@@ -22,6 +23,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
     check_database_url(settings.database_url.as_deref())?;
     let cors = settings.cors.policies()?;
+    // Before the store opens: a bad section or an unreachable JWKS fails fast.
+    let jwt = match &settings.jwt {
+        Some(s) => Some(Arc::new(
+            JwtVerifier::new(s).await.context("cannot use [auth.jwt]")?,
+        )),
+        None => None,
+    };
     let catalog = AgentCatalog::new(&settings.models, &settings.agents)?;
     for agent in catalog.iter() {
         if let Some(var) = agent.model.api_key_env.as_deref()
@@ -57,6 +65,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             admin_token: admin,
             store_kind: "sqlite",
             cors,
+            jwt,
         },
     );
     let listener = tokio::net::TcpListener::bind(settings.addr)

@@ -2,14 +2,11 @@
 //! default, exact lists from the environment and the file, the chat
 //! surface's own list, and startup refusing lists it must not serve.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use fake_upstream::FakeUpstream;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::startup::{Outcome, assert_refuses, run_serve};
 use crate::support::*;
 
 /// Sends one request with the admin token and extra headers, read whole.
@@ -345,85 +342,6 @@ async fn chat_surface_defaults_to_loopback_and_takes_an_exact_list_from_env() {
     )
     .await;
     assert_refused(&r, "https://shop.example.com.evil.example");
-}
-
-/// How a bare `agentd serve` run ended.
-enum Outcome {
-    /// Exited before listening: the exit code and stderr.
-    Exited(Option<i32>, String),
-    /// Printed its listening line (and was then killed).
-    Listened,
-}
-
-/// Runs the real binary on a fresh directory with these arguments, variables
-/// and file contents, until it exits or says it listens.
-fn run_serve(args: &[&str], env: &[(&str, &str)], config: Option<&str>) -> Outcome {
-    let dir = tempfile::tempdir().expect("temp dir");
-    if let Some(c) = config {
-        std::fs::write(dir.path().join("agentd.toml"), c).expect("write config");
-    }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentd"))
-        .arg("serve")
-        .args(["--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(args)
-        .current_dir(dir.path())
-        .env("AGENTD_ADMIN_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .env_remove("AGENTD_HTTP_CORS_ALLOW_ORIGINS")
-        .env_remove("AGENTD_CHAT_CORS_ALLOW_ORIGINS")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn agentd");
-    let stdout = child.stdout.take().expect("stdout");
-    let first_line = std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        line
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            let mut stderr = String::new();
-            child
-                .stderr
-                .take()
-                .expect("stderr")
-                .read_to_string(&mut stderr)
-                .expect("read stderr");
-            let line = first_line.join().expect("reader");
-            if line.starts_with("agentd listening on") {
-                return Outcome::Listened;
-            }
-            return Outcome::Exited(status.code(), stderr);
-        }
-        if first_line.is_finished() {
-            let _ = child.kill();
-            let _ = child.wait();
-            let line = first_line.join().expect("reader");
-            assert!(line.starts_with("agentd listening on"), "{line:?}");
-            return Outcome::Listened;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agentd neither exited nor listened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn assert_refuses(outcome: Outcome, words: &[&str]) {
-    match outcome {
-        Outcome::Listened => panic!("started despite a bad list (expected {words:?})"),
-        Outcome::Exited(code, stderr) => {
-            assert_ne!(code, Some(0), "{stderr}");
-            for w in words {
-                assert!(stderr.contains(w), "{w:?} not in {stderr}");
-            }
-        }
-    }
 }
 
 #[test]

@@ -4,5 +4,6 @@
 mod api;
 mod cors;
 mod durability;
+mod startup;
 mod streaming;
 mod support;
