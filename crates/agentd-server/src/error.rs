@@ -42,6 +42,9 @@ pub enum ApiError {
     GrantExceeded(String),
     #[error("too many failed authentication attempts; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// A browser origin outside the surface's CORS list ([`crate::cors`]).
+    #[error("this origin is not allowed to call this API")]
+    OriginNotAllowed,
     /// Missing, or another tenant's: the two are indistinguishable.
     #[error("{} not found", resource_name(*.0))]
     NotFound(Resource),
@@ -80,7 +83,9 @@ impl ApiError {
             | ApiError::IdempotencyKeyRequired
             | ApiError::UnknownAgent(_) => StatusCode::BAD_REQUEST,
             ApiError::AuthMissing | ApiError::AuthInvalid => StatusCode::UNAUTHORIZED,
-            ApiError::ScopeMissing(_) | ApiError::GrantExceeded(_) => StatusCode::FORBIDDEN,
+            ApiError::ScopeMissing(_) | ApiError::GrantExceeded(_) | ApiError::OriginNotAllowed => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -105,6 +110,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "AUTH_RATE_LIMITED",
             ApiError::KeyRevoked => "KEY_REVOKED",
             ApiError::NotFound(Resource::Key) => "KEY_NOT_FOUND",
+            ApiError::OriginNotAllowed => "ORIGIN_NOT_ALLOWED",
             ApiError::NotFound(Resource::Run) => "RUN_NOT_FOUND",
             ApiError::NotFound(Resource::Session) => "SESSION_NOT_FOUND",
             ApiError::NotFound(Resource::Route) => "NOT_FOUND",

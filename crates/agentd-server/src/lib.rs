@@ -5,10 +5,12 @@
 
 mod audit;
 pub mod auth;
+pub mod cors;
 pub mod error;
 mod extract;
 mod follow;
 mod idempotency;
+pub mod jwt;
 mod openapi;
 mod request_id;
 mod routes;
@@ -32,6 +34,10 @@ pub struct ServerConfig {
     pub scrubber: Arc<Scrubber>,
     /// Which store backs this process (`sqlite`, `postgres`), for /health.
     pub store_kind: &'static str,
+    /// Browser origins allowed on `/v1` and on the chat surface.
+    pub cors: cors::CorsPolicies,
+    /// Verifies user JWTs when `[auth.jwt]` is configured.
+    pub jwt: Option<Arc<jwt::JwtVerifier>>,
 }
 
 /// Shared by every handler; cheap to clone.

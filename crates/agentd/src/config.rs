@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use agentd_engine::{AgentSpec, ModelSpec, Provider};
+use agentd_server::cors::{CorsPolicies, CorsPolicy};
+use agentd_server::jwt::JwtSettings;
 use anyhow::{Context, bail};
 use clap::Args;
 use indexmap::IndexMap;
@@ -33,6 +35,25 @@ pub struct ServeArgs {
     /// Seconds in-flight steps get to finish at shutdown.
     #[arg(long, env = "AGENTD_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// A browser origin allowed to call /v1 (repeat it, or separate with
+    /// commas); replaces the default of every loopback origin. Loopback
+    /// origins only: `*`, remote and path-bearing entries are refused.
+    #[arg(
+        long = "http-cors-allow-origin",
+        env = "AGENTD_HTTP_CORS_ALLOW_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub http_cors_allow_origins: Vec<String>,
+    /// A browser origin allowed on the chat surface (/api/chat, /api/info,
+    /// /ws/chat), or `*` for any; repeatable or comma-separated.
+    #[arg(
+        long = "chat-cors-allow-origin",
+        env = "AGENTD_CHAT_CORS_ALLOW_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub chat_cors_allow_origins: Vec<String>,
 }
 
 /// `agentd.toml`.
@@ -62,6 +83,10 @@ pub struct ServerSection {
     pub admin_token_file: Option<PathBuf>,
     pub fsync: Option<bool>,
     pub shutdown_grace_secs: Option<u64>,
+    /// `/v1`'s exact origin list; absent means every loopback origin.
+    pub cors_allow_origins: Option<Vec<String>>,
+    /// The chat surface's origin list (`*` allowed); absent means loopback.
+    pub chat_cors_allow_origins: Option<Vec<String>>,
 }
 
 /// Worker tuning; the defaults suit one node.
@@ -78,6 +103,9 @@ pub struct WorkerSection {
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
+    /// `[auth.jwt]`: accept user JWTs; absent means none are accepted.
+    #[serde(default)]
+    pub jwt: Option<JwtSettings>,
     /// Addresses or CIDR blocks whose `X-Forwarded-For` is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -105,6 +133,7 @@ pub struct Settings {
     pub admin_token_file: Option<PathBuf>,
     pub fsync: bool,
     pub shutdown_grace_secs: u64,
+    pub cors: CorsSettings,
     pub worker: WorkerSection,
     pub auth: AuthSection,
     pub redaction: RedactionSection,
@@ -145,12 +174,86 @@ impl Settings {
                 .shutdown_grace_secs
                 .or(file.server.shutdown_grace_secs)
                 .unwrap_or(10),
+            cors: CorsSettings {
+                api: OriginList::pick(
+                    args.http_cors_allow_origins,
+                    "--http-cors-allow-origin / AGENTD_HTTP_CORS_ALLOW_ORIGINS",
+                    file.server.cors_allow_origins,
+                    "[server] cors_allow_origins",
+                ),
+                chat: OriginList::pick(
+                    args.chat_cors_allow_origins,
+                    "--chat-cors-allow-origin / AGENTD_CHAT_CORS_ALLOW_ORIGINS",
+                    file.server.chat_cors_allow_origins,
+                    "[server] chat_cors_allow_origins",
+                ),
+            },
             worker: file.worker,
             auth: file.auth,
             redaction: file.redaction,
             models,
             agents,
         })
+    }
+}
+
+/// The two CORS origin lists as configured; `None` is the loopback default.
+#[derive(Debug)]
+pub struct CorsSettings {
+    pub api: Option<OriginList>,
+    pub chat: Option<OriginList>,
+}
+
+/// An origin list and the setting it came from, so a refusal names both.
+#[derive(Debug)]
+pub struct OriginList {
+    pub entries: Vec<String>,
+    pub source: &'static str,
+}
+
+impl OriginList {
+    /// Flag or variable (clap already prefers the flag) over the file. An
+    /// empty flag or variable counts as unset; an empty list in the file is
+    /// kept: it is how an operator shuts browsers out entirely.
+    fn pick(
+        cli: Vec<String>,
+        cli_source: &'static str,
+        file: Option<Vec<String>>,
+        file_source: &'static str,
+    ) -> Option<OriginList> {
+        let cli: Vec<String> = cli
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if !cli.is_empty() {
+            return Some(OriginList {
+                entries: cli,
+                source: cli_source,
+            });
+        }
+        file.map(|entries| OriginList {
+            entries,
+            source: file_source,
+        })
+    }
+}
+
+impl CorsSettings {
+    /// The policies the server enforces; a bad entry stops startup with the
+    /// entry, the setting and the reason.
+    pub fn policies(&self) -> anyhow::Result<CorsPolicies> {
+        let mut policies = CorsPolicies::default();
+        if let Some(list) = &self.api {
+            policies.api = CorsPolicy::api(&list.entries)
+                .with_context(|| format!("invalid /v1 CORS origin list ({})", list.source))?;
+        }
+        if let Some(list) = &self.chat {
+            policies.chat = CorsPolicy::chat(&list.entries)
+                .with_context(|| format!("invalid chat CORS origin list ({})", list.source))?;
+        }
+        Ok(policies)
     }
 }
 

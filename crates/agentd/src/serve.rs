@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentd_engine::{AgentCatalog, Engine, EngineConfig, Scrubber};
+use agentd_server::jwt::JwtVerifier;
 use agentd_server::{
     AdminToken, AppState, AuthConfig, FailureLimit, ServerConfig, StaticKeys, TrustedProxies,
 };
@@ -23,6 +24,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let settings = Settings::resolve(args)?;
     check_database_url(settings.database_url.as_deref())?;
+    let cors = settings.cors.policies()?;
+    // Before the store opens: a bad section or an unreachable JWKS fails fast.
+    let jwt = match &settings.auth.jwt {
+        Some(s) => Some(Arc::new(
+            JwtVerifier::new(s).await.context("cannot use [auth.jwt]")?,
+        )),
+        None => None,
+    };
     let catalog = AgentCatalog::new(&settings.models, &settings.agents)?;
     for agent in catalog.iter() {
         if let Some(var) = agent.model.api_key_env.as_deref()
@@ -79,6 +88,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             auth,
             scrubber,
             store_kind: "sqlite",
+            cors,
+            jwt,
         },
     );
     let listener = tokio::net::TcpListener::bind(settings.addr)

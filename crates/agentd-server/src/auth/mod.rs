@@ -269,6 +269,23 @@ async fn identify(state: &AppState, token: &str, headers: &HeaderMap) -> Result<
             }),
         };
     }
+    if let Some(verifier) = &state.config().jwt
+        && crate::jwt::looks_like_jwt(token)
+    {
+        return match verifier.verify_or_refresh(token).await {
+            Ok(id) => Ok(Identity {
+                tenant: id.tenant,
+                credential: Credential::Jwt {
+                    subject: id.subject,
+                },
+                scopes: id.scopes,
+            }),
+            Err(e) => {
+                tracing::debug!(error = %e, "JWT refused");
+                Err(ApiError::AuthInvalid.into())
+            }
+        };
+    }
     if let Some(index) = auth.static_keys.find(token) {
         return Ok(Identity {
             tenant: TenantId::default_tenant(),

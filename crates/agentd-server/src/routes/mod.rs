@@ -9,6 +9,8 @@ pub(crate) mod runs;
 pub(crate) mod sessions;
 pub(crate) mod streams;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
@@ -19,9 +21,10 @@ use agentd_core::{Run, Session};
 use crate::auth::Principal;
 use crate::error::{ApiError, Resource};
 use crate::extract::DEFAULT_BODY_LIMIT;
-use crate::{AppState, openapi, request_id};
+use crate::{AppState, cors, openapi, request_id};
 
 pub fn router(state: AppState) -> Router {
+    let cors_policies = Arc::new(state.config().cors.clone());
     let v1 = Router::new()
         .route("/agents", get(agents::list))
         .route("/sessions", post(sessions::create).get(sessions::list))
@@ -52,6 +55,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
+        // Inside the request-id layer, which renders its 403 envelope.
+        .layer(middleware::from_fn_with_state(cors_policies, cors::layer))
         .layer(middleware::from_fn(request_id::layer))
         .with_state(state)
 }

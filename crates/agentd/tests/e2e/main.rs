@@ -2,8 +2,10 @@
 //! OpenAI-compatible upstream, driven over HTTP and SSE.
 
 mod api;
+mod cors;
 mod durability;
 mod keys;
+mod startup;
 mod streaming;
 mod support;
 mod tenancy;

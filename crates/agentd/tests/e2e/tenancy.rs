@@ -452,3 +452,112 @@ async fn secrets_and_credential_headers_are_scrubbed_before_events_are_written()
     let sent = fake.requests().last().unwrap().to_string();
     assert!(sent.contains("sk-model-key-000111"));
 }
+
+#[tokio::test]
+async fn user_jwts_map_to_a_tenant_and_scopes_and_bad_ones_are_refused() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+
+    const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!!";
+    let fake = FakeUpstream::start().await;
+    let config = format!(
+        "{}\n[auth.jwt]\nalgorithm = \"HS256\"\nissuer = \"https://idp.test/\"\naudience = \"agentd\"\nhs256_secret_env = \"JWT_SECRET\"\ntenant_claim = \"org\"\n",
+        config_for(&fake)
+    );
+    let d = Daemon::start_with(&config, &[("JWT_SECRET", SECRET)]).await;
+    let now = chrono::Utc::now().timestamp();
+    let claims = |patch: Value| {
+        let mut c = json!({"iss": "https://idp.test/", "aud": "agentd", "exp": now + 300,
+                           "sub": "user-1", "org": "acme", "scope": "runs:read runs:write other:thing"});
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    };
+    let sign = |c: &Value, alg: Algorithm, secret: &str| {
+        encode(
+            &Header::new(alg),
+            c,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+
+    let good = sign(&claims(json!({})), Algorithm::HS256, SECRET);
+    let user = d.api().with_token(&good);
+    let run = user.start_run("from a user").await;
+    assert_eq!(user.get(&format!("/v1/runs/{run}")).await.status, 200);
+    // The run landed in the claim's tenant.
+    assert_eq!(
+        d.api()
+            .on_tenant("acme")
+            .get(&format!("/v1/runs/{run}"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(d.api().get(&format!("/v1/runs/{run}")).await.status, 404);
+    let denied = user.post("/v1/sessions", &json!({})).await;
+    assert_eq!(
+        (denied.status, denied.reason()),
+        (403, "AUTH_SCOPE_MISSING")
+    );
+    let trail =
+        crate::keys::audit_entries(&d.api().on_tenant("acme"), "action=run_created", 1).await;
+    assert_eq!(trail[0]["actor"], "jwt:user-1");
+
+    let refused = [
+        (
+            "wrong audience",
+            sign(&claims(json!({"aud": "other"})), Algorithm::HS256, SECRET),
+        ),
+        (
+            "wrong issuer",
+            sign(
+                &claims(json!({"iss": "https://evil/"})),
+                Algorithm::HS256,
+                SECRET,
+            ),
+        ),
+        (
+            "expired",
+            sign(&claims(json!({"exp": now - 120})), Algorithm::HS256, SECRET),
+        ),
+        (
+            "no exp",
+            sign(&claims(json!({"exp": null})), Algorithm::HS256, SECRET),
+        ),
+        (
+            "no tenant",
+            sign(&claims(json!({"org": null})), Algorithm::HS256, SECRET),
+        ),
+        (
+            "wrong key",
+            sign(
+                &claims(json!({})),
+                Algorithm::HS256,
+                "another-secret-of-32-bytes-or-more!!",
+            ),
+        ),
+        (
+            "wrong algorithm",
+            sign(&claims(json!({})), Algorithm::HS512, SECRET),
+        ),
+        ("alg none", {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            format!(
+                "{}.{}.",
+                b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+                b64.encode(claims(json!({})).to_string())
+            )
+        }),
+    ];
+    for (what, token) in refused {
+        let r = d.api().with_token(&token).get("/v1/runs").await;
+        assert_eq!((r.status, r.reason()), (401, "AUTH_KEY_INVALID"), "{what}");
+    }
+}
