@@ -1,8 +1,15 @@
 //! A fake model server speaking OpenAI's Chat Completions streaming wire
 //! format (`chat.completion.chunk` SSE, a usage chunk, `data: [DONE]`), with
 //! knobs tests turn: how many tokens, how fast, and how many requests fail
-//! first. It records every request body so tests can assert what a model saw.
+//! first, or a script of whole turns ([`ScriptedTurn`], tool calls
+//! included). It records every request body so tests can assert what a
+//! model saw.
 
+mod script;
+
+pub use script::{ScriptedCall, ScriptedTurn};
+
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -35,6 +42,8 @@ pub struct Behavior {
     pub cut_after: AtomicUsize,
     /// When set, every answer's content chunks are these instead of `t0 t1 …`.
     pub script: Mutex<Vec<String>>,
+    /// Whole turns, one per request, before falling back to the above.
+    pub turns: Mutex<VecDeque<ScriptedTurn>>,
 }
 
 impl Default for Behavior {
@@ -47,6 +56,7 @@ impl Default for Behavior {
             cut_next: AtomicUsize::new(0),
             cut_after: AtomicUsize::new(0),
             script: Mutex::new(Vec::new()),
+            turns: Mutex::new(VecDeque::new()),
         }
     }
 }
@@ -68,6 +78,22 @@ impl Behavior {
     pub fn set_script(&self, chunks: &[&str]) {
         *self.script.lock().unwrap_or_else(|e| e.into_inner()) =
             chunks.iter().map(|c| (*c).to_owned()).collect();
+    }
+
+    /// The next requests answer these turns, in order.
+    pub fn push_turns(&self, turns: impl IntoIterator<Item = ScriptedTurn>) {
+        self.turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(turns);
+    }
+
+    /// Takes the next scripted turn, if any.
+    pub fn next_turn(&self) -> Option<ScriptedTurn> {
+        self.turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
     }
 
     /// The next `n` requests answer `status` (e.g. 500, 429).
@@ -243,6 +269,10 @@ async fn chat(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         })
     };
+    if let Some(turn) = b.next_turn() {
+        let frames = openai_turn_frames(&turn, &chunk, prompt_tokens, include_usage);
+        return sse_response(frames, delay);
+    }
     let mut frames: Vec<(bool, String)> = Vec::with_capacity(tokens + 4);
     frames.push((
         false,
@@ -272,6 +302,11 @@ async fn chat(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         }
         frames.push((false, "[DONE]".to_owned()));
     }
+    sse_response(frames, delay)
+}
+
+/// `(paced, data)` frames as an SSE body, paced ones after `delay`.
+fn sse_response(frames: Vec<(bool, String)>, delay: Duration) -> Response {
     let stream = futures::stream::iter(frames).then(move |(paced, data)| async move {
         if paced && !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -283,4 +318,61 @@ async fn chat(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(stream))
         .expect("static response parts")
+}
+
+/// A scripted turn as Chat Completions streams it: reasoning, text, then
+/// each tool call as a first fragment (id, name) and its arguments in two
+/// pieces, `finish_reason: "tool_calls"`, usage, `[DONE]`.
+fn openai_turn_frames(
+    turn: &ScriptedTurn,
+    chunk: &dyn Fn(Value, Value) -> Value,
+    prompt_tokens: usize,
+    include_usage: bool,
+) -> Vec<(bool, String)> {
+    let mut frames = vec![(
+        false,
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string(),
+    )];
+    for t in &turn.thinking {
+        frames.push((true, chunk(json!({"reasoning_content": t}), Value::Null).to_string()));
+    }
+    for t in &turn.text {
+        frames.push((true, chunk(json!({"content": t}), Value::Null).to_string()));
+    }
+    for (index, call) in turn.tool_calls.iter().enumerate() {
+        let args = call.arguments.to_string();
+        let (a, b) = args.split_at(args.len() / 2);
+        frames.push((
+            true,
+            chunk(
+                json!({"tool_calls": [{"index": index, "id": call.id, "type": "function",
+                                       "function": {"name": call.name, "arguments": ""}}]}),
+                Value::Null,
+            )
+            .to_string(),
+        ));
+        for piece in [a, b] {
+            frames.push((
+                false,
+                chunk(
+                    json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}),
+                    Value::Null,
+                )
+                .to_string(),
+            ));
+        }
+    }
+    let finish = if turn.tool_calls.is_empty() { "stop" } else { "tool_calls" };
+    frames.push((false, chunk(json!({}), json!(finish)).to_string()));
+    let completion = turn.text.len() + turn.thinking.len() + turn.tool_calls.len();
+    if include_usage {
+        let usage = json!({
+            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                      "total_tokens": prompt_tokens + completion},
+        });
+        frames.push((false, usage.to_string()));
+    }
+    frames.push((false, "[DONE]".to_owned()));
+    frames
 }

@@ -60,11 +60,22 @@ pub fn run_serve(args: &[&str], env: &[(&str, &str)], config: Option<&str>) -> O
             return Outcome::Exited(status.code(), stderr);
         }
         if first_line.is_finished() {
-            let _ = child.kill();
-            let _ = child.wait();
             let line = first_line.join().expect("reader");
-            assert!(line.starts_with("agentd listening on"), "{line:?}");
-            return Outcome::Listened;
+            if line.starts_with("agentd listening on") {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Outcome::Listened;
+            }
+            // Stdout closed without the line: the process is exiting.
+            let status = child.wait().expect("wait");
+            let mut stderr = String::new();
+            child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut stderr)
+                .expect("read stderr");
+            return Outcome::Exited(status.code(), stderr);
         }
         assert!(
             Instant::now() < deadline,
