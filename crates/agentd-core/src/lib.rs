@@ -11,6 +11,7 @@ pub mod net;
 pub mod run;
 pub mod scope;
 pub mod session;
+pub mod signal;
 pub mod time;
 
 pub use audit::{AuditAction, AuditOutcome, AuditRecord};

@@ -80,6 +80,9 @@ pub trait Store: Send + Sync + 'static {
     /// Cancels a queued or paused run at once; asks the lease holder of a
     /// running one through a control row. A finished run is returned unchanged.
     async fn cancel_run(&self, tenant: &TenantId, id: &str) -> Result<Option<Run>, StoreError>;
+    /// Records a human's decisions for a paused run; once nothing is pending
+    /// the run resumes (claimable by a worker), all in one transaction.
+    async fn signal_run(&self, signal: SignalRun) -> Result<SignalOutcome, StoreError>;
 
     // --- runs, worker side ------------------------------------------------
 

@@ -3,9 +3,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use agentd_core::signal::{SignalAction, SignalRefused};
 use agentd_core::time::Millis;
 use agentd_core::{AuditRecord, Run, RunStatus, RunTransition, TenantId, Usage};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 #[derive(Clone, Debug)]
 pub struct NewSession {
@@ -152,6 +155,9 @@ pub struct RunUpdate {
     pub messages: Vec<(String, String)>,
     /// Marks the run's pending control rows handled.
     pub consume_controls: bool,
+    /// For a pause: when the wait ends (`approval_timeout_secs`); the run
+    /// then ends `limit_exceeded` without a worker.
+    pub wait_until: Option<Millis>,
 }
 
 impl RunUpdate {
@@ -164,6 +170,7 @@ impl RunUpdate {
             error: None,
             messages: Vec::new(),
             consume_controls: false,
+            wait_until: None,
         }
     }
 }
@@ -208,3 +215,53 @@ pub struct Heartbeat {
 /// Events every new run starts with (`run.created`, `run.queued`): its
 /// `last_seq` once created.
 pub const CREATION_EVENTS: i64 = 2;
+
+/// A human's signal to a paused run (`POST /v1/runs/{id}/signal`).
+#[derive(Clone, Debug)]
+pub struct SignalRun {
+    pub tenant_id: TenantId,
+    pub run_id: String,
+    pub action: SignalAction,
+    pub request_id: Option<String>,
+    pub payload: Value,
+    /// The `signal_received` entry; its target and details are filled in.
+    pub audit: AuditRecord,
+    pub idempotency: Option<IdempotencyKey>,
+    /// The id of the request carrying the signal, echoed in the receipt.
+    pub http_request_id: String,
+}
+
+/// A client's idempotency key for a route, and its body's fingerprint.
+#[derive(Clone, Debug)]
+pub struct IdempotencyKey {
+    pub route: String,
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// What a signal did: the answer to the client (and what a retry replays).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SignalReceipt {
+    pub run_id: String,
+    /// The run's status after the signal: `running` once nothing is pending.
+    pub status: RunStatus,
+    /// The requests this signal answered.
+    pub accepted: Vec<String>,
+    /// True when this signal answered the last pending request.
+    pub resumed: bool,
+    pub request_id: String,
+}
+
+#[derive(Clone, Debug)]
+pub enum SignalOutcome {
+    Applied(SignalReceipt),
+    /// The key was seen before with the same body.
+    Replayed {
+        status: u16,
+        body: Value,
+    },
+    NotFound,
+    /// The run is not paused.
+    NotAwaiting(RunStatus),
+    Refused(SignalRefused),
+}

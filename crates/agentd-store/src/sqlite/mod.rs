@@ -27,7 +27,7 @@ use self::writer::Writer;
 use crate::{
     ApiKey, AuditFilter, ClaimRequest, ClaimedRun, CreateRunOutcome, EventHub, Heartbeat,
     KeyChange, KeyRotation, Lease, NewRun, NewSession, Page, PageRequest, RunFilter, RunUpdate,
-    Store, StoreError, StoreMetrics, StoreMetricsSnapshot,
+    SignalOutcome, SignalRun, Store, StoreError, StoreMetrics, StoreMetricsSnapshot,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -287,6 +287,10 @@ impl Store for SqliteStore {
         self.writer
             .submit(ops::cancel_run, (tenant.clone(), id.to_owned()))
             .await
+    }
+
+    async fn signal_run(&self, signal: SignalRun) -> Result<SignalOutcome, StoreError> {
+        self.writer.submit(ops::signal_run, signal).await?
     }
 
     async fn claim_runs(&self, claim: ClaimRequest) -> Result<Vec<ClaimedRun>, StoreError> {

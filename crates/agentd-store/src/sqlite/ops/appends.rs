@@ -60,7 +60,7 @@ pub(crate) fn append<'c>(
              updated_at = ?, \
              finished_at = CASE WHEN ? THEN ? ELSE finished_at END, \
              lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END, \
-             lease_expires_at = CASE WHEN ? THEN NULL ELSE lease_expires_at END \
+             lease_expires_at = CASE WHEN ? THEN ? ELSE lease_expires_at END \
              WHERE id = ?",
         )
         .bind(next.as_str())
@@ -73,6 +73,12 @@ pub(crate) fn append<'c>(
         .bind(now)
         .bind(releases)
         .bind(releases)
+        // A paused run keeps its wait's deadline where a lease's would be.
+        .bind(
+            update
+                .wait_until
+                .filter(|_| next == RunStatus::AwaitingInput),
+        )
         .bind(lease.run_id())
         .execute(&mut *c)
         .await?;

@@ -9,6 +9,7 @@ pub(crate) fn claim_runs<'c>(
 ) -> Op<'c, Vec<ClaimedRun>> {
     Box::pin(async move {
         let now = now_millis();
+        let expired = expire_waits(c, ctx, now).await?;
         // Lapsed leases first (recovery), then queued runs that are first in
         // their session. Two queries, each on its own index, so neither scans
         // the other's rows.
@@ -38,7 +39,12 @@ pub(crate) fn claim_runs<'c>(
         }
 
         if candidates.is_empty() {
-            return Ok(Applied::value(Vec::new()));
+            return Ok(Applied {
+                value: Vec::new(),
+                wake_workers: !expired.is_empty(),
+                events: expired,
+                controls: Vec::new(),
+            });
         }
 
         // Every claim of the batch in one UPDATE and one SELECT.
@@ -74,9 +80,12 @@ pub(crate) fn claim_runs<'c>(
         for row in rows {
             let mut run = Run::try_from(row).map_err(corrupt)?;
             let id = run.id.clone();
-            let recovered = candidates
+            let was_running = candidates
                 .iter()
                 .any(|(c, status)| c == &id && status == RunStatus::Running.as_str());
+            // A run resumed by a signal waits `running` without a lease; its
+            // claim starts a worker, it recovers nothing.
+            let recovered = was_running && !last_is_resume(c, &id).await?;
             let mut events = Vec::new();
             if recovered {
                 if let Some(orphan) = orphaned_step(c, &id).await? {
@@ -110,8 +119,9 @@ pub(crate) fn claim_runs<'c>(
             ctx.defer(&id, &stored);
             published.extend(stored);
             // Control rows are only written for running runs (a queued one is
-            // cancelled on the spot), so only a recovered run can have any.
-            let controls = if recovered {
+            // cancelled on the spot), so only a recovered or resumed run can
+            // have any.
+            let controls = if was_running {
                 pending_controls(c, &id).await?
             } else {
                 Vec::new()
@@ -128,6 +138,7 @@ pub(crate) fn claim_runs<'c>(
                 controls,
             });
         }
+        published.extend(expired);
         Ok(Applied {
             value: claimed,
             events: published,
@@ -135,6 +146,58 @@ pub(crate) fn claim_runs<'c>(
             controls: Vec::new(),
         })
     })
+}
+
+/// Whether the run's newest event is `run.resumed`.
+async fn last_is_resume(c: &mut SqliteConnection, run_id: &str) -> sqlx::Result<bool> {
+    let last: Option<(String,)> =
+        sqlx::query_as("SELECT type FROM run_events WHERE run_id = ? ORDER BY seq DESC LIMIT 1")
+            .bind(run_id)
+            .fetch_optional(&mut *c)
+            .await?;
+    Ok(last.is_some_and(|(t,)| t == EventType::Resumed.as_str()))
+}
+
+/// Ends paused runs whose wait for a human ran out (`approval_timeout_secs`):
+/// `run.limit_exceeded`, with no worker involved.
+async fn expire_waits(
+    c: &mut SqliteConnection,
+    ctx: &mut Ctx,
+    now: i64,
+) -> sqlx::Result<Vec<Event>> {
+    let due: Vec<RunRow> = sqlx::query_as(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs INDEXED BY runs_by_wait \
+         WHERE status = 'awaiting_input' AND lease_expires_at < ? LIMIT 100"
+    ))
+    .bind(now)
+    .fetch_all(&mut *c)
+    .await?;
+    let mut published = Vec::new();
+    for row in due {
+        let run = Run::try_from(row).map_err(corrupt)?;
+        ctx.forget(&run.id);
+        let next = run
+            .status
+            .apply(RunTransition::ExceedLimit)
+            .map_err(|e| corrupt(e.into()))?;
+        let event = NewEvent::new(
+            EventType::LimitExceeded,
+            json!({"limit": "approval_timeout_secs", "reason_code": "APPROVAL_TIMEOUT"}),
+        );
+        let stored = insert_events(c, &run.tenant_id, &run.id, run.last_seq, &[event], now).await?;
+        sqlx::query(
+            "UPDATE runs SET status = ?, reason_code = 'APPROVAL_TIMEOUT', updated_at = ?, \
+             finished_at = ?, lease_expires_at = NULL WHERE id = ?",
+        )
+        .bind(next.as_str())
+        .bind(now)
+        .bind(now)
+        .bind(&run.id)
+        .execute(&mut *c)
+        .await?;
+        published.extend(stored);
+    }
+    Ok(published)
 }
 
 /// The `step.done {retry_step}` that closes an attempt its worker never finished.

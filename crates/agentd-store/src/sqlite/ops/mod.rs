@@ -10,12 +10,14 @@ mod appends;
 mod leases;
 mod runs;
 mod sessions;
+mod signals;
 
 pub(crate) use appends::append;
 pub(crate) use leases::{claim_runs, heartbeat, release_leases};
 use runs::cancel_one;
 pub(crate) use runs::{cancel_run, create_run};
 pub(crate) use sessions::{create_session, delete_session};
+pub(crate) use signals::signal_run;
 
 use agentd_core::event::payload::{StepOutcome, step_done};
 use agentd_core::time::now_millis;

@@ -11,37 +11,24 @@ pub(crate) fn create_run<'c>(
         let run = &new.run;
         let now = run.created_at;
         if let Some(idem) = &new.idempotency {
-            let prior: Option<(String, i64, String, i64)> = sqlx::query_as(
-                "SELECT fingerprint, status, body, created_at FROM idempotency_keys \
-                 WHERE tenant_id = ? AND route = ? AND key = ?",
+            match prior_answer(
+                c,
+                &run.tenant_id,
+                &idem.route,
+                &idem.key,
+                &idem.fingerprint,
+                now,
             )
-            .bind(run.tenant_id.as_str())
-            .bind(&idem.route)
-            .bind(&idem.key)
-            .fetch_optional(&mut *c)
-            .await?;
-            if let Some((fingerprint, status, body, created_at)) = prior {
-                if created_at > now - IDEMPOTENCY_TTL_MS {
-                    let value = if fingerprint == idem.fingerprint {
-                        serde_json::from_str(&body)
-                            .map(|body| CreateRunOutcome::Replayed {
-                                status: status as u16,
-                                body,
-                            })
-                            .map_err(StoreError::from)
-                    } else {
-                        Err(StoreError::IdempotencyKeyReused)
-                    };
-                    return Ok(Applied::value(value));
+            .await?
+            {
+                Some(Ok((status, body))) => {
+                    return Ok(Applied::value(Ok(CreateRunOutcome::Replayed {
+                        status,
+                        body,
+                    })));
                 }
-                sqlx::query(
-                    "DELETE FROM idempotency_keys WHERE tenant_id = ? AND route = ? AND key = ?",
-                )
-                .bind(run.tenant_id.as_str())
-                .bind(&idem.route)
-                .bind(&idem.key)
-                .execute(&mut *c)
-                .await?;
+                Some(Err(e)) => return Ok(Applied::value(Err(e))),
+                None => {}
             }
         }
 
@@ -105,18 +92,15 @@ pub(crate) fn create_run<'c>(
         let events = insert_events(c, &run.tenant_id, &run.id, 0, &created, now).await?;
 
         if let Some(idem) = &new.idempotency {
-            sqlx::query(
-                "INSERT INTO idempotency_keys (tenant_id, route, key, fingerprint, status, body, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            remember_answer(
+                c,
+                &run.tenant_id,
+                &idem.route,
+                &idem.key,
+                &idem.fingerprint,
+                (idem.status, &idem.body),
+                now,
             )
-            .bind(run.tenant_id.as_str())
-            .bind(&idem.route)
-            .bind(&idem.key)
-            .bind(&idem.fingerprint)
-            .bind(idem.status as i64)
-            .bind(idem.body.to_string())
-            .bind(now)
-            .execute(&mut *c)
             .await?;
         }
         if let Some(audit) = &new.audit {
@@ -244,4 +228,71 @@ pub(crate) fn cancel_run<'c>(
             wake_workers: done.wake,
         })
     })
+}
+
+/// What an idempotency key answered before: `Some(Ok((status, body)))` to
+/// replay, `Some(Err(..))` when the key came with another body, `None` when
+/// it is new (an expired record is deleted here).
+pub(super) async fn prior_answer(
+    c: &mut SqliteConnection,
+    tenant: &TenantId,
+    route: &str,
+    key: &str,
+    fingerprint: &str,
+    now: i64,
+) -> sqlx::Result<Option<Result<(u16, Value), StoreError>>> {
+    let prior: Option<(String, i64, String, i64)> = sqlx::query_as(
+        "SELECT fingerprint, status, body, created_at FROM idempotency_keys \
+         WHERE tenant_id = ? AND route = ? AND key = ?",
+    )
+    .bind(tenant.as_str())
+    .bind(route)
+    .bind(key)
+    .fetch_optional(&mut *c)
+    .await?;
+    let Some((seen, status, body, created_at)) = prior else {
+        return Ok(None);
+    };
+    if created_at > now - IDEMPOTENCY_TTL_MS {
+        return Ok(Some(if seen == fingerprint {
+            serde_json::from_str(&body)
+                .map(|body| (status as u16, body))
+                .map_err(StoreError::from)
+        } else {
+            Err(StoreError::IdempotencyKeyReused)
+        }));
+    }
+    sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = ? AND route = ? AND key = ?")
+        .bind(tenant.as_str())
+        .bind(route)
+        .bind(key)
+        .execute(&mut *c)
+        .await?;
+    Ok(None)
+}
+
+/// Remembers the answer to an idempotent request, in its own transaction.
+pub(super) async fn remember_answer(
+    c: &mut SqliteConnection,
+    tenant: &TenantId,
+    route: &str,
+    key: &str,
+    fingerprint: &str,
+    (status, body): (u16, &Value),
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO idempotency_keys (tenant_id, route, key, fingerprint, status, body, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(tenant.as_str())
+    .bind(route)
+    .bind(key)
+    .bind(fingerprint)
+    .bind(status as i64)
+    .bind(body.to_string())
+    .bind(now)
+    .execute(c)
+    .await?;
+    Ok(())
 }
