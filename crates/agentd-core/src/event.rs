@@ -205,6 +205,48 @@ pub mod payload {
         )
     }
 
+    pub fn thinking_delta(step_id: &str, attempt: u32, delta: &str) -> NewEvent {
+        NewEvent::new(
+            EventType::StepProgress,
+            json!({"step_id": step_id, "attempt": attempt, "kind": "thinking_delta", "thinking_delta": delta}),
+        )
+    }
+
+    /// The model asked for a tool call (its arguments complete).
+    pub fn tool_call(step_id: &str, attempt: u32, call: Value) -> NewEvent {
+        NewEvent::new(
+            EventType::StepProgress,
+            json!({"step_id": step_id, "attempt": attempt, "kind": "tool_call", "tool_call": call}),
+        )
+    }
+
+    /// A tool call begins: written (durably) before the tool runs, so a
+    /// crash mid-call is seen and the call is never run twice.
+    pub fn tool_started(tool_call_id: &str, tool: &str, arguments: &Value) -> NewEvent {
+        NewEvent::new(
+            EventType::ToolStarted,
+            json!({"step_id": tool_call_id, "attempt": 1, "kind": StepKind::Tool,
+                   "tool_call_id": tool_call_id, "tool": tool, "arguments": arguments}),
+        )
+    }
+
+    /// A tool call ended; `content` is what the model reads.
+    pub fn tool_finished(
+        tool_call_id: &str,
+        tool: &str,
+        content: &str,
+        is_error: bool,
+        reason_code: Option<&str>,
+    ) -> NewEvent {
+        let mut v = json!({"step_id": tool_call_id, "attempt": 1, "kind": StepKind::Tool,
+                           "tool_call_id": tool_call_id, "tool": tool,
+                           "content": content, "is_error": is_error});
+        if let Some(code) = reason_code {
+            v["reason_code"] = json!(code);
+        }
+        NewEvent::new(EventType::ToolFinished, v)
+    }
+
     pub fn step_done(
         step_id: &str,
         attempt: u32,

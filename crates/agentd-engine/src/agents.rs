@@ -89,7 +89,16 @@ mod defaults {
     }
 }
 
+/// Whether a tool's calls wait for a human (`approval = { tool = "always" }`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalPolicy {
+    Always,
+    Never,
+}
+
 /// What a run keeps of its agent: everything the engine needs, resolved.
+/// Fields added later default, so runs stored before them still load.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AgentSnapshot {
     pub name: String,
@@ -97,9 +106,17 @@ pub struct AgentSnapshot {
     pub model: ModelSpec,
     pub instructions: String,
     pub tools: Vec<String>,
+    /// Per tool; a tool not named here follows its own default.
+    #[serde(default)]
+    pub approval: IndexMap<String, ApprovalPolicy>,
+    /// The agent's egress ceiling (`{ mode = "allow_list", allow = [...] }`).
+    #[serde(default)]
+    pub egress: Option<serde_json::Value>,
     pub max_steps: u32,
     pub max_output_tokens: u32,
     pub timeout_secs: u64,
+    #[serde(default = "defaults::approval_timeout_secs")]
+    pub approval_timeout_secs: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -110,6 +127,8 @@ pub enum CatalogError {
     UnsupportedProvider(String, Provider),
     #[error("model {0:?}: provider openai needs base_url")]
     MissingBaseUrl(String),
+    #[error("agent {agent:?}: {message}")]
+    InvalidAgent { agent: String, message: String },
 }
 
 /// The configured agents, in file order; the first is the default.
@@ -144,6 +163,36 @@ impl AgentCatalog {
                     ));
                 }
             }
+            let invalid = |message: String| CatalogError::InvalidAgent {
+                agent: name.clone(),
+                message,
+            };
+            let mut approval = IndexMap::new();
+            for (tool, policy) in &agent.approval {
+                let policy = match policy.as_str() {
+                    "always" => ApprovalPolicy::Always,
+                    "never" => ApprovalPolicy::Never,
+                    other => {
+                        return Err(invalid(format!(
+                            "approval for {tool:?} must be \"always\" or \"never\", not {other:?}"
+                        )));
+                    }
+                };
+                approval.insert(tool.clone(), policy);
+            }
+            for tool in &agent.tools {
+                if !crate::tools::BUILTIN_TOOLS.contains(&tool.as_str()) {
+                    return Err(invalid(format!(
+                        "unknown tool {tool:?} (available: {})",
+                        crate::tools::BUILTIN_TOOLS.join(", ")
+                    )));
+                }
+            }
+            if agent.max_steps == 0 || agent.max_output_tokens == 0 || agent.timeout_secs == 0 {
+                return Err(invalid(
+                    "max_steps, max_output_tokens and timeout_secs must be positive".into(),
+                ));
+            }
             out.insert(
                 name.clone(),
                 AgentSnapshot {
@@ -152,9 +201,12 @@ impl AgentCatalog {
                     model: model.clone(),
                     instructions: agent.instructions.clone(),
                     tools: agent.tools.clone(),
+                    approval,
+                    egress: agent.egress.clone(),
                     max_steps: agent.max_steps,
                     max_output_tokens: agent.max_output_tokens,
                     timeout_secs: agent.timeout_secs,
+                    approval_timeout_secs: agent.approval_timeout_secs,
                 },
             );
         }

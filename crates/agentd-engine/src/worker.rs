@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::agent_loop;
 use crate::appender::Appender;
 use crate::scrub::Scrubber;
+use crate::tools::ToolRegistry;
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -31,6 +32,8 @@ pub struct EngineConfig {
     pub poll_ms: u64,
     /// Secrets scrubbed from every event before it is written.
     pub scrubber: Arc<Scrubber>,
+    /// The operator's tools; each run gets its agent's set.
+    pub tools: Arc<ToolRegistry>,
 }
 
 impl EngineConfig {
@@ -42,6 +45,7 @@ impl EngineConfig {
             heartbeat_ms: 10_000,
             poll_ms: 1_000,
             scrubber: Arc::new(Scrubber::none()),
+            tools: Arc::new(ToolRegistry::new()),
         }
     }
 }
@@ -250,6 +254,8 @@ impl Engine {
                     engine.inner.config.scrubber.clone(),
                 ),
                 scrubber: engine.inner.config.scrubber.clone(),
+                tools: engine.inner.config.tools.clone(),
+                deadline: std::sync::OnceLock::new(),
             };
             agent_loop::drive(ctx, claimed).await;
             engine

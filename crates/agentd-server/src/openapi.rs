@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agents, audit, health, keys, metrics, runs, sessions, streams};
+use crate::routes::{agents, audit, health, keys, metrics, runs, sessions, signals, streams};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,7 +13,7 @@ use crate::routes::{agents, audit, health, keys, metrics, runs, sessions, stream
         health::health, health::ready, health::info, metrics::metrics,
         agents::list,
         sessions::create, sessions::list, sessions::get, sessions::delete, sessions::messages,
-        runs::create_on_session, runs::create, runs::list, runs::get, runs::cancel, runs::signal,
+        runs::create_on_session, runs::create, runs::list, runs::get, runs::cancel, signals::signal,
         streams::events_page, streams::events_stream, streams::run_updates,
         keys::create, keys::list, keys::revoke, keys::rotate,
         audit::list,

@@ -7,6 +7,7 @@ pub(crate) mod keys;
 pub(crate) mod metrics;
 pub(crate) mod runs;
 pub(crate) mod sessions;
+pub(crate) mod signals;
 pub(crate) mod streams;
 
 use std::sync::Arc;
@@ -37,7 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/runs", post(runs::create).get(runs::list))
         .route("/runs/{id}", get(runs::get))
         .route("/runs/{id}/cancel", post(runs::cancel))
-        .route("/runs/{id}/signal", post(runs::signal))
+        .route("/runs/{id}/signal", post(signals::signal))
         .route("/runs/{id}/events", get(streams::events_page))
         .route("/runs/{id}/events/stream", get(streams::events_stream))
         .route("/runs/{id}/stream", get(streams::run_updates))

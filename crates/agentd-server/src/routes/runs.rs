@@ -24,7 +24,7 @@ use super::find_run;
 use super::sessions::{metadata_object, resolve_agent};
 use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, Resource};
-use crate::extract::{JsonBody, QueryParams, parse_json, read_body};
+use crate::extract::{QueryParams, parse_json, read_body};
 use crate::idempotency::{fingerprint, validate_key};
 use crate::request_id::RequestId;
 use crate::views::{List, PageQuery, RunView, encode_cursor};
@@ -458,45 +458,4 @@ pub async fn cancel(
     .await;
     let run = find_run(&state, &principal, &id).await?;
     Ok(Json(RunView::of(&run).redacted_unless(read_inputs)))
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SignalRequest {
-    /// `approve`, `reject` or `submit_input`.
-    pub action: SignalAction,
-    /// Picks one pending request; absent means all of them.
-    pub request_id: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    pub payload: Option<Value>,
-}
-
-#[derive(Deserialize, ToSchema, Clone, Copy, Debug)]
-#[serde(rename_all = "snake_case")]
-pub enum SignalAction {
-    Approve,
-    Reject,
-    SubmitInput,
-}
-
-/// Resumes a run that is `awaiting_input`; any other state is a 409.
-#[utoipa::path(post, path = "/v1/runs/{id}/signal", tag = "runs", request_body = SignalRequest,
-    responses((status = 200, body = RunView), (status = 409, description = "RUN_STATE_CONFLICT", body = crate::error::ErrorEnvelope)),
-    security(("bearer" = [])))]
-pub async fn signal(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-    JsonBody(req): JsonBody<SignalRequest>,
-) -> Result<Json<RunView>, ApiError> {
-    principal.require(Scope::SignalsWrite)?;
-    let run = find_run(&state, &principal, &id).await?;
-    // No agent here pauses yet (tools and approval come later), so no run can
-    // be awaiting input; the state check is the whole contract for now.
-    tracing::debug!(run = %run.id, action = ?req.action, request = ?req.request_id,
-        has_payload = req.payload.is_some(), "signal refused: run is not awaiting input");
-    Err(ApiError::RunStateConflict(format!(
-        "run is {}, not awaiting_input",
-        run.status.as_str()
-    )))
 }
