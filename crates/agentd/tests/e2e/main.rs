@@ -9,3 +9,4 @@ mod startup;
 mod streaming;
 mod support;
 mod tenancy;
+mod tools;
