@@ -58,6 +58,16 @@ pub enum ApiError {
     RunStateConflict(String),
     #[error("the key is revoked")]
     KeyRevoked,
+    /// A chat `state` this server did not sign, or altered.
+    #[error("invalid chat state: pass back the state of a previous answer unmodified")]
+    ChatStateInvalid,
+    /// A chat turn's run failed (non-streaming chat answers with it).
+    #[error("{0}")]
+    TurnFailed(String),
+    #[error("{0}")]
+    TurnLimited(String),
+    #[error("the run was cancelled")]
+    TurnCancelled,
     #[error("request body is too large (limit {0} bytes)")]
     PayloadTooLarge(usize),
     /// The store is unreachable or the server is shutting down.
@@ -82,7 +92,12 @@ impl ApiError {
             ApiError::InvalidRequest(_)
             | ApiError::IdempotencyKeyRequired
             | ApiError::UnknownAgent(_) => StatusCode::BAD_REQUEST,
-            ApiError::AuthMissing | ApiError::AuthInvalid => StatusCode::UNAUTHORIZED,
+            ApiError::AuthMissing | ApiError::AuthInvalid | ApiError::ChatStateInvalid => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::TurnFailed(_) => StatusCode::BAD_GATEWAY,
+            ApiError::TurnLimited(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TurnCancelled => StatusCode::CONFLICT,
             ApiError::ScopeMissing(_) | ApiError::GrantExceeded(_) | ApiError::OriginNotAllowed => {
                 StatusCode::FORBIDDEN
             }
@@ -109,6 +124,10 @@ impl ApiError {
             ApiError::ScopeMissing(_) | ApiError::GrantExceeded(_) => "AUTH_SCOPE_MISSING",
             ApiError::RateLimited { .. } => "AUTH_RATE_LIMITED",
             ApiError::KeyRevoked => "KEY_REVOKED",
+            ApiError::ChatStateInvalid => "CHAT_STATE_INVALID",
+            ApiError::TurnFailed(_) => "RUN_FAILED",
+            ApiError::TurnLimited(_) => "LIMIT_EXCEEDED",
+            ApiError::TurnCancelled => "RUN_CANCELLED",
             ApiError::NotFound(Resource::Key) => "KEY_NOT_FOUND",
             ApiError::OriginNotAllowed => "ORIGIN_NOT_ALLOWED",
             ApiError::NotFound(Resource::Run) => "RUN_NOT_FOUND",

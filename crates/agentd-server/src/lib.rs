@@ -24,6 +24,7 @@ use agentd_store::Store;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{AdminToken, AuthConfig, FailureLimit, StaticKeys, TrustedProxies};
+pub use routes::chat::state::ChatStateKey;
 pub use routes::router;
 
 /// What the server needs to know beyond its state handles.
@@ -38,6 +39,16 @@ pub struct ServerConfig {
     pub cors: cors::CorsPolicies,
     /// Verifies user JWTs when `[auth.jwt]` is configured.
     pub jwt: Option<Arc<jwt::JwtVerifier>>,
+    pub chat: ChatConfig,
+}
+
+/// The chat surface's settings (`[chat]`).
+#[derive(Clone)]
+pub struct ChatConfig {
+    /// Serve chat without a credential (the default tenant, `chat` only).
+    pub public: bool,
+    /// Signs the conversation `state` handed to chat clients.
+    pub state_key: ChatStateKey,
 }
 
 /// Shared by every handler; cheap to clone.

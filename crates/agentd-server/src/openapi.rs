@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agents, audit, health, keys, metrics, runs, sessions, signals, streams};
+use crate::routes::{agents, audit, chat, health, keys, metrics, runs, sessions, signals, streams};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use crate::routes::{agents, audit, health, keys, metrics, runs, sessions, signal
         streams::events_page, streams::events_stream, streams::run_updates,
         keys::create, keys::list, keys::revoke, keys::rotate,
         audit::list,
+        chat::chat, chat::ws::ws_chat,
     ),
     components(schemas(crate::error::ErrorEnvelope, agentd_core::event::EventPayload)),
     modifiers(&BearerAuth),

@@ -69,6 +69,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub redaction: RedactionSection,
     #[serde(default)]
+    pub chat: ChatSection,
+    #[serde(default)]
     pub models: IndexMap<String, ModelSpec>,
     #[serde(default)]
     pub agents: IndexMap<String, AgentSpec>,
@@ -114,6 +116,17 @@ pub struct AuthSection {
     pub failure_window_secs: Option<u64>,
 }
 
+/// `[chat]`: the chat surface of seed 002.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ChatSection {
+    /// Serve `/api/chat` and `/ws/chat` without a credential.
+    pub public: Option<bool>,
+    /// The variable holding the secret that signs chat `state` (nodes that
+    /// share a store must share it); default: `<data-dir>/chat-secret`.
+    pub state_secret_env: Option<String>,
+}
+
 /// `[redaction]`: secrets scrubbed from events as they are written.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +150,7 @@ pub struct Settings {
     pub worker: WorkerSection,
     pub auth: AuthSection,
     pub redaction: RedactionSection,
+    pub chat: ChatSection,
     pub models: IndexMap<String, ModelSpec>,
     pub agents: IndexMap<String, AgentSpec>,
 }
@@ -191,6 +205,7 @@ impl Settings {
             worker: file.worker,
             auth: file.auth,
             redaction: file.redaction,
+            chat: file.chat,
             models,
             agents,
         })

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use agentd_engine::{AgentCatalog, Engine, EngineConfig, Scrubber};
 use agentd_server::jwt::JwtVerifier;
 use agentd_server::{
-    AdminToken, AppState, AuthConfig, FailureLimit, ServerConfig, StaticKeys, TrustedProxies,
+    AdminToken, AppState, AuthConfig, ChatConfig, ChatStateKey, FailureLimit, ServerConfig,
+    StaticKeys, TrustedProxies,
 };
 use agentd_store::Store;
 use agentd_store::sqlite::{SqliteConfig, SqliteStore};
@@ -90,6 +91,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             store_kind: "sqlite",
             cors,
             jwt,
+            chat: ChatConfig {
+                public: settings.chat.public.unwrap_or(false),
+                state_key: chat_state_key(&settings)?,
+            },
         },
     );
     let listener = tokio::net::TcpListener::bind(settings.addr)
@@ -210,7 +215,7 @@ fn admin_token_text(settings: &Settings) -> anyhow::Result<String> {
         );
     }
     let path = settings.data_dir.join("admin-token");
-    let token = read_or_generate(&path)?;
+    let token = read_or_generate(&path, "agentd_admin_")?;
     eprintln!(
         "admin token: {} (use it as `Authorization: Bearer <token>`)",
         path.display()
@@ -218,7 +223,27 @@ fn admin_token_text(settings: &Settings) -> anyhow::Result<String> {
     Ok(token)
 }
 
-fn read_or_generate(path: &Path) -> anyhow::Result<String> {
+/// The key that signs chat `state`: from the variable `[chat]
+/// state_secret_env` names (share it between nodes), else generated once
+/// into `<data-dir>/chat-secret`.
+fn chat_state_key(settings: &Settings) -> anyhow::Result<ChatStateKey> {
+    use sha2::{Digest, Sha256};
+    let secret = match &settings.chat.state_secret_env {
+        Some(var) => {
+            let v = std::env::var(var).with_context(|| {
+                format!("[chat] state_secret_env names {var}, which is not set")
+            })?;
+            if v.len() < 32 {
+                bail!("{var} must hold at least 32 characters");
+            }
+            v
+        }
+        None => read_or_generate(&settings.data_dir.join("chat-secret"), "agentd_chat_")?,
+    };
+    Ok(ChatStateKey::new(Sha256::digest(secret.as_bytes()).into()))
+}
+
+fn read_or_generate(path: &Path, prefix: &str) -> anyhow::Result<String> {
     if let Ok(existing) = std::fs::read_to_string(path)
         && existing.trim().len() >= 16
     {
@@ -229,7 +254,7 @@ fn read_or_generate(path: &Path) -> anyhow::Result<String> {
     }
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
-    let token = format!("agentd_admin_{}", hex::encode(bytes));
+    let token = format!("{prefix}{}", hex::encode(bytes));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -67,6 +67,8 @@ pub enum Credential {
     Jwt {
         subject: Option<String>,
     },
+    /// No credential, on the public chat surface.
+    Anonymous,
 }
 
 /// The authenticated caller of one request.
@@ -114,6 +116,7 @@ impl Principal {
             Credential::Jwt { subject } => {
                 format!("jwt:{}", subject.as_deref().unwrap_or("-"))
             }
+            Credential::Anonymous => "anonymous".to_owned(),
         }
     }
 
@@ -222,7 +225,7 @@ impl From<ApiError> for Refusal {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let header = headers.get(AUTHORIZATION).ok_or(ApiError::AuthMissing)?;
     header
         .to_str()
@@ -296,68 +299,118 @@ async fn identify(state: &AppState, token: &str, headers: &HeaderMap) -> Result<
     Err(ApiError::AuthInvalid.into())
 }
 
-impl FromRequestParts<AppState> for Principal {
-    type Rejection = ApiError;
+/// Where a credential came from: what rate limiting and the audit trail need.
+#[derive(Clone, Debug)]
+pub(crate) struct AuthContext {
+    pub client_ip: Option<IpAddr>,
+    pub request_id: Option<String>,
+    /// For `x-agentd-tenant` (admin token only).
+    pub headers: HeaderMap,
+    pub path: String,
+}
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+impl AuthContext {
+    pub fn of(parts: &Parts, state: &AppState) -> AuthContext {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        let client_ip = state
-            .config()
-            .auth
-            .trusted_proxies
-            .client_ip(peer, &parts.headers);
-        let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
-        let limiter = state.failure_limiter();
-        if let Some(ip) = client_ip
-            && let Err(retry) = limiter.check(ip, Instant::now())
-        {
-            return Err(ApiError::RateLimited {
-                retry_after_secs: retry.as_secs().max(1),
-            });
+        AuthContext {
+            client_ip: state
+                .config()
+                .auth
+                .trusted_proxies
+                .client_ip(peer, &parts.headers),
+            request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()),
+            headers: parts.headers.clone(),
+            path: parts.uri.path().to_owned(),
         }
-        let identity = match bearer(&parts.headers) {
-            Ok(token) => identify(state, token, &parts.headers).await,
-            Err(e) => Err(e.into()),
-        };
-        match identity {
-            Ok(id) => Ok(Principal {
-                tenant: id.tenant,
-                credential: id.credential,
-                scopes: id.scopes,
-                client_ip,
-                request_id,
-                store: state.store().clone(),
-            }),
-            Err(refusal) => {
-                if matches!(refusal.error, ApiError::AuthMissing | ApiError::AuthInvalid) {
-                    if let Some(ip) = client_ip {
-                        limiter.record_failure(ip, Instant::now());
-                    }
-                    let record = AuditRecord {
-                        id: new_id("aud"),
-                        tenant_id: refusal.tenant.unwrap_or_else(TenantId::default_tenant),
-                        created_at: now_millis(),
-                        actor: refusal.key_id.unwrap_or_else(|| "anonymous".to_owned()),
-                        actor_id: None,
-                        action: AuditAction::AuthFailed,
-                        target_type: None,
-                        target_id: None,
-                        outcome: AuditOutcome::Denied,
-                        client_ip: client_ip.map(|ip| ip.to_string()),
-                        request_id,
-                        details: json!({
-                            "reason_code": refusal.error.reason_code(),
-                            "path": parts.uri.path(),
-                        }),
-                    };
-                    spawn_audit(state.store().clone(), record);
+    }
+}
+
+/// Turns a presented credential (or the lack of one) into a principal:
+/// rate limited per address, failures counted and audited.
+pub(crate) async fn authenticate(
+    state: &AppState,
+    ctx: &AuthContext,
+    token: Result<&str, ApiError>,
+) -> Result<Principal, ApiError> {
+    let limiter = state.failure_limiter();
+    if let Some(ip) = ctx.client_ip
+        && let Err(retry) = limiter.check(ip, Instant::now())
+    {
+        return Err(ApiError::RateLimited {
+            retry_after_secs: retry.as_secs().max(1),
+        });
+    }
+    let identity = match token {
+        Ok(token) => identify(state, token, &ctx.headers).await,
+        Err(e) => Err(e.into()),
+    };
+    match identity {
+        Ok(id) => Ok(Principal {
+            tenant: id.tenant,
+            credential: id.credential,
+            scopes: id.scopes,
+            client_ip: ctx.client_ip,
+            request_id: ctx.request_id.clone(),
+            store: state.store().clone(),
+        }),
+        Err(refusal) => {
+            if matches!(refusal.error, ApiError::AuthMissing | ApiError::AuthInvalid) {
+                if let Some(ip) = ctx.client_ip {
+                    limiter.record_failure(ip, Instant::now());
                 }
-                Err(refusal.error)
+                let record = AuditRecord {
+                    id: new_id("aud"),
+                    tenant_id: refusal.tenant.unwrap_or_else(TenantId::default_tenant),
+                    created_at: now_millis(),
+                    actor: refusal.key_id.unwrap_or_else(|| "anonymous".to_owned()),
+                    actor_id: None,
+                    action: AuditAction::AuthFailed,
+                    target_type: None,
+                    target_id: None,
+                    outcome: AuditOutcome::Denied,
+                    client_ip: ctx.client_ip.map(|ip| ip.to_string()),
+                    request_id: ctx.request_id.clone(),
+                    details: json!({
+                        "reason_code": refusal.error.reason_code(),
+                        "path": ctx.path,
+                    }),
+                };
+                spawn_audit(state.store().clone(), record);
             }
+            Err(refusal.error)
         }
+    }
+}
+
+impl Principal {
+    /// A caller of the public chat surface (`chat.public = true`, no
+    /// credential): the default tenant, the `chat` scope only.
+    pub(crate) fn anonymous_chat(state: &AppState, parts: &Parts) -> Principal {
+        Self::anonymous_chat_with(state, &AuthContext::of(parts, state))
+    }
+
+    pub(crate) fn anonymous_chat_with(state: &AppState, ctx: &AuthContext) -> Principal {
+        let ctx = ctx.clone();
+        Principal {
+            tenant: TenantId::default_tenant(),
+            credential: Credential::Anonymous,
+            scopes: [Scope::Chat].into_iter().collect(),
+            client_ip: ctx.client_ip,
+            request_id: ctx.request_id,
+            store: state.store().clone(),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ctx = AuthContext::of(parts, state);
+        authenticate(state, &ctx, bearer(&parts.headers)).await
     }
 }
 

@@ -49,7 +49,7 @@ pub async fn info(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "name": "agentd",
         "agent": agent,
-        "auth_required": true,
+        "auth_required": !state.config().chat.public,
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }

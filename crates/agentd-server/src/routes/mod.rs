@@ -2,6 +2,7 @@
 
 pub(crate) mod agents;
 pub(crate) mod audit;
+pub(crate) mod chat;
 pub(crate) mod health;
 pub(crate) mod keys;
 pub(crate) mod metrics;
@@ -50,6 +51,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/health/ready", get(health::ready))
         .route("/api/info", get(health::info))
+        .route("/api/chat", post(chat::chat))
+        .route("/ws/chat", get(chat::ws::ws_chat))
         .route("/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics::metrics))
         .nest("/v1", v1)

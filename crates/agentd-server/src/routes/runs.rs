@@ -64,14 +64,15 @@ pub struct CreateRunRequest {
     pub session_id: Option<String>,
 }
 
-/// What both create routes reduce to.
-struct RunSpec {
-    session: Option<String>,
-    agent: Option<String>,
-    input: Value,
-    user_message: String,
-    metadata: Value,
-    source: RunSource,
+/// What every create route reduces to.
+pub(crate) struct RunSpec {
+    /// An existing session of the caller's; `None` makes a new one.
+    pub session: Option<String>,
+    pub agent: Option<String>,
+    pub input: Value,
+    pub user_message: String,
+    pub metadata: Value,
+    pub source: RunSource,
 }
 
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -228,10 +229,33 @@ async fn create_run(
     state: &AppState,
     principal: &Principal,
     request_id: &RequestId,
-    mut spec: RunSpec,
+    spec: RunSpec,
     idempotency: Option<(String, String, String)>,
     status: StatusCode,
 ) -> Result<Response, ApiError> {
+    let (outcome, body) =
+        insert_run(state, principal, request_id, spec, idempotency, status).await?;
+    Ok(match outcome {
+        CreateRunOutcome::Created(_) => (status, Json(body)).into_response(),
+        CreateRunOutcome::Replayed { status, mut body } => {
+            body["replayed"] = json!(true);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            (status, Json(body)).into_response()
+        }
+    })
+}
+
+/// Creates a run (and its session when `spec.session` is `None`) as every
+/// create route does: scrubbed input, the agent snapshot, the audit entry,
+/// the idempotency record. Returns the outcome and the run's view.
+pub(crate) async fn insert_run(
+    state: &AppState,
+    principal: &Principal,
+    request_id: &RequestId,
+    mut spec: RunSpec,
+    idempotency: Option<(String, String, String)>,
+    status: StatusCode,
+) -> Result<(CreateRunOutcome, Value), ApiError> {
     let store = state.store();
     let tenant = principal.tenant.clone();
     let now = now_millis();
@@ -310,14 +334,7 @@ async fn create_run(
             audit: Some(audit),
         })
         .await?;
-    Ok(match outcome {
-        CreateRunOutcome::Created(_) => (status, Json(body)).into_response(),
-        CreateRunOutcome::Replayed { status, mut body } => {
-            body["replayed"] = json!(true);
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            (status, Json(body)).into_response()
-        }
-    })
+    Ok((outcome, body))
 }
 
 #[derive(Deserialize)]
