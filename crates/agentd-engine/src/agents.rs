@@ -35,6 +35,11 @@ pub struct ModelSpec {
     pub idle_timeout_secs: u64,
     #[serde(default)]
     pub temperature: Option<f32>,
+    /// Anthropic extended thinking: the token budget for the model's
+    /// reasoning (at least 1024, below the agent's `max_output_tokens`).
+    /// Unset means no thinking is asked for; other providers ignore it.
+    #[serde(default)]
+    pub thinking_budget_tokens: Option<u32>,
 }
 
 /// One `[agents.NAME]` table.
@@ -156,6 +161,8 @@ impl AgentCatalog {
                     return Err(CatalogError::MissingBaseUrl(agent.model.clone()));
                 }
                 Provider::Openai => {}
+                // Anthropic's own endpoint is the default base.
+                Provider::Anthropic => {}
                 other => {
                     return Err(CatalogError::UnsupportedProvider(
                         agent.model.clone(),

@@ -298,6 +298,7 @@ fn default_model() -> ModelSpec {
         retry_backoff_ms: 500,
         idle_timeout_secs: 120,
         temperature: None,
+        thinking_budget_tokens: None,
     }
 }
 

@@ -1,10 +1,12 @@
 //! A fake model server speaking OpenAI's Chat Completions streaming wire
-//! format (`chat.completion.chunk` SSE, a usage chunk, `data: [DONE]`), with
-//! knobs tests turn: how many tokens, how fast, and how many requests fail
+//! format (`chat.completion.chunk` SSE, a usage chunk, `data: [DONE]`) and
+//! Anthropic's Messages API (`/v1/messages`, in `anthropic.rs`), with knobs
+//! tests turn: how many tokens, how fast, and how many requests fail
 //! first, or a script of whole turns ([`ScriptedTurn`], tool calls
 //! included). It records every request body so tests can assert what a
 //! model saw.
 
+mod anthropic;
 mod script;
 
 pub use script::{ScriptedCall, ScriptedTurn};
@@ -107,7 +109,8 @@ impl Behavior {
 struct Shared {
     behavior: Arc<Behavior>,
     requests: Arc<Mutex<Vec<Value>>>,
-    /// The `Authorization` header of each recorded request.
+    /// The `Authorization` header (OpenAI) or `x-api-key` (Anthropic) of
+    /// each recorded request.
     authorizations: Arc<Mutex<Vec<Option<String>>>>,
     /// When false, request bodies are not kept (benchmarks).
     record: bool,
@@ -147,7 +150,7 @@ impl FakeUpstream {
         FakeUpstream { addr, shared }
     }
 
-    /// The OpenAI-style base URL (`…/v1`).
+    /// The base URL (`…/v1`), for either provider.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }
@@ -165,7 +168,8 @@ impl FakeUpstream {
             .unwrap_or_default()
     }
 
-    /// The `Authorization` header of every request received so far.
+    /// The `Authorization` or `x-api-key` header of every request received
+    /// so far.
     pub fn authorizations(&self) -> Vec<Option<String>> {
         self.shared
             .authorizations
@@ -189,6 +193,8 @@ fn router(shared: Shared) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/messages", post(anthropic::messages))
         .with_state(shared)
 }
 
@@ -344,7 +350,7 @@ fn openai_turn_frames(
     }
     for (index, call) in turn.tool_calls.iter().enumerate() {
         let args = call.arguments.to_string();
-        let (a, b) = args.split_at(args.len() / 2);
+        let (a, b) = args.split_at(args.floor_char_boundary(args.len() / 2));
         frames.push((
             true,
             chunk(

@@ -1,6 +1,7 @@
 //! Model providers behind one streaming interface: a request goes in, a stream
 //! of [`ModelDelta`]s comes out, and failures say whether a retry may help.
 
+pub mod anthropic;
 pub mod openai;
 
 use std::pin::Pin;
@@ -156,7 +157,8 @@ pub async fn stream(
 ) -> Result<DeltaStream, ModelError> {
     match spec.provider {
         Provider::Openai => openai::stream(http, spec, request).await,
-        Provider::Anthropic | Provider::Local => Err(ModelError::Fatal {
+        Provider::Anthropic => anthropic::stream(http, spec, request).await,
+        Provider::Local => Err(ModelError::Fatal {
             reason_code: "PROVIDER_UNAVAILABLE",
             message: format!(
                 "provider {:?} is not available in this build",
