@@ -489,3 +489,74 @@ async fn cancel_works_while_awaiting_input() {
     .await;
     assert_eq!(late.status, 409);
 }
+
+#[tokio::test]
+async fn the_tool_loop_runs_on_anthropic_keeping_thinking_signatures() {
+    let fake = FakeUpstream::start().await;
+    fake.behavior().push_turns([
+        ScriptedTurn::call("toolu_1", "current_time", json!({}))
+            .with_thinking(&["I should ", "check the clock."]),
+        ScriptedTurn::text(&["It is late."]),
+    ]);
+    let config = format!(
+        r#"
+[models.default]
+provider = "anthropic"
+base_url = "{}"
+model = "claude-test"
+api_key_env = "ANTHROPIC_TEST_KEY"
+max_retries = 1
+retry_backoff_ms = 20
+
+[worker]
+poll_ms = 100
+
+[agents.assistant]
+tools = ["current_time"]
+"#,
+        fake.base_url()
+    );
+    let d = Daemon::start_with(&config, &[("ANTHROPIC_TEST_KEY", "sk-ant-test-000")]).await;
+    let api = d.api();
+    let run = api.start_run("time?").await;
+    let done = api.wait_terminal(&run).await;
+    assert_eq!(done["status"], "succeeded", "{done:?}");
+    assert_eq!(done["output"]["text"], "It is late.");
+    let evs = events(&api, &run).await;
+    let thinking: String = evs
+        .iter()
+        .filter(|e| e["payload"]["value"]["kind"] == "thinking_delta")
+        .map(|e| {
+            e["payload"]["value"]["thinking_delta"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(thinking, "I should check the clock.");
+    // The second call sent the signed thinking back with the tool turn.
+    let second = &fake.requests()[1];
+    let assistant = second["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .unwrap()
+        .clone();
+    assert_eq!(assistant["content"][0]["type"], "thinking");
+    assert!(
+        assistant["content"][0]["signature"]
+            .as_str()
+            .unwrap()
+            .starts_with("sig-")
+    );
+    assert_eq!(assistant["content"][1]["type"], "tool_use");
+    let results = second["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(results["content"][0]["type"], "tool_result");
+    assert_eq!(results["content"][0]["tool_use_id"], "toolu_1");
+}
