@@ -2,6 +2,7 @@
 //! OpenAI-compatible upstream, driven over HTTP and SSE.
 
 mod api;
+mod chat;
 mod cors;
 mod durability;
 mod keys;
