@@ -6,6 +6,10 @@
 //! Pausing for a human (`ask_user`, approval) is the agent loop's business,
 //! not a tool's.
 
+pub mod http_fetch;
+
+pub use http_fetch::{EgressConfigError, HttpFetch, HttpFetchPolicy, OperatorEgress};
+
 use agentd_core::TenantId;
 use async_trait::async_trait;
 use serde_json::Value;
