@@ -334,7 +334,10 @@ fn openai_turn_frames(
         chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string(),
     )];
     for t in &turn.thinking {
-        frames.push((true, chunk(json!({"reasoning_content": t}), Value::Null).to_string()));
+        frames.push((
+            true,
+            chunk(json!({"reasoning_content": t}), Value::Null).to_string(),
+        ));
     }
     for t in &turn.text {
         frames.push((true, chunk(json!({"content": t}), Value::Null).to_string()));
@@ -362,7 +365,11 @@ fn openai_turn_frames(
             ));
         }
     }
-    let finish = if turn.tool_calls.is_empty() { "stop" } else { "tool_calls" };
+    let finish = if turn.tool_calls.is_empty() {
+        "stop"
+    } else {
+        "tool_calls"
+    };
     frames.push((false, chunk(json!({}), json!(finish)).to_string()));
     let completion = turn.text.len() + turn.thinking.len() + turn.tool_calls.len();
     if include_usage {
