@@ -45,7 +45,7 @@ impl EngineConfig {
             heartbeat_ms: 10_000,
             poll_ms: 1_000,
             scrubber: Arc::new(Scrubber::none()),
-            tools: Arc::new(ToolRegistry::new()),
+            tools: Arc::new(ToolRegistry::default()),
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub chat: ChatSection,
     #[serde(default)]
+    pub egress: EgressSection,
+    #[serde(default)]
     pub models: IndexMap<String, ModelSpec>,
     #[serde(default)]
     pub agents: IndexMap<String, AgentSpec>,
@@ -116,6 +118,18 @@ pub struct AuthSection {
     pub failure_window_secs: Option<u64>,
 }
 
+/// `[egress]`: what the operator opens to tools beyond agents' host lists.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSection {
+    /// Private, loopback or link-local blocks tools may reach (`10.1.0.0/16`).
+    #[serde(default)]
+    pub allow_cidrs: Vec<String>,
+    /// Ports tools may connect to; empty means 80 and 443.
+    #[serde(default)]
+    pub allowed_ports: Vec<u16>,
+}
+
 /// `[chat]`: the chat surface of seed 002.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +165,7 @@ pub struct Settings {
     pub auth: AuthSection,
     pub redaction: RedactionSection,
     pub chat: ChatSection,
+    pub egress: EgressSection,
     pub models: IndexMap<String, ModelSpec>,
     pub agents: IndexMap<String, AgentSpec>,
 }
@@ -206,6 +221,7 @@ impl Settings {
             auth: file.auth,
             redaction: file.redaction,
             chat: file.chat,
+            egress: file.egress,
             models,
             agents,
         })

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agentd_engine::tools::{OperatorEgress, ToolRegistry};
 use agentd_engine::{AgentCatalog, Engine, EngineConfig, Scrubber};
 use agentd_server::jwt::JwtVerifier;
 use agentd_server::{
@@ -34,6 +35,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let catalog = AgentCatalog::new(&settings.models, &settings.agents)?;
+    let tools = Arc::new(ToolRegistry::new(OperatorEgress {
+        allow_cidrs: settings
+            .egress
+            .allow_cidrs
+            .iter()
+            .map(|c| c.parse())
+            .collect::<Result<_, _>>()
+            .context("invalid [egress] allow_cidrs")?,
+        allowed_ports: settings.egress.allowed_ports.clone(),
+    }));
+    for agent in catalog.iter() {
+        tools
+            .validate(agent)
+            .with_context(|| format!("agent {:?}", agent.name))?;
+    }
     for agent in catalog.iter() {
         if let Some(var) = agent.model.api_key_env.as_deref()
             && std::env::var_os(var).is_none()
@@ -79,6 +95,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     engine_config.heartbeat_ms = w.heartbeat_ms.unwrap_or(engine_config.heartbeat_ms);
     engine_config.poll_ms = w.poll_ms.unwrap_or(engine_config.poll_ms);
     engine_config.scrubber = scrubber.clone();
+    engine_config.tools = tools;
     let engine = Engine::start(store.clone(), engine_config);
 
     let state = AppState::new(

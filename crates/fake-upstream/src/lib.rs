@@ -114,6 +114,8 @@ struct Shared {
     authorizations: Arc<Mutex<Vec<Option<String>>>>,
     /// When false, request bodies are not kept (benchmarks).
     record: bool,
+    /// Requests to the plain web pages (`/web/...`), for tools to fetch.
+    web_hits: Arc<AtomicUsize>,
 }
 
 /// A running fake; dropping it does not stop the server (it lives for the
@@ -178,6 +180,11 @@ impl FakeUpstream {
             .unwrap_or_default()
     }
 
+    /// How many requests the `/web/...` pages have served.
+    pub fn web_hits(&self) -> usize {
+        self.shared.web_hits.load(Ordering::SeqCst)
+    }
+
     /// The text a successful answer of `n` tokens carries.
     pub fn expected_text(n: usize) -> String {
         (0..n).map(token).collect()
@@ -195,7 +202,29 @@ fn router(shared: Shared) -> Router {
         .route("/chat/completions", post(chat))
         .route("/v1/messages", post(anthropic::messages))
         .route("/messages", post(anthropic::messages))
+        .route("/web/page", axum::routing::get(web_page))
+        .route("/web/slow", axum::routing::get(web_slow))
         .with_state(shared)
+}
+
+/// A page for `http_fetch` to read.
+async fn web_page(State(shared): State<Shared>) -> &'static str {
+    shared.web_hits.fetch_add(1, Ordering::SeqCst);
+    "hello from the page"
+}
+
+/// A page that takes `?ms=` milliseconds (default 10 s): a tool call to
+/// interrupt or cancel.
+async fn web_slow(
+    State(shared): State<Shared>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, u64>>,
+) -> &'static str {
+    shared.web_hits.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(
+        q.get("ms").copied().unwrap_or(10_000),
+    ))
+    .await;
+    "slow page"
 }
 
 async fn chat(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {

@@ -7,8 +7,11 @@
 //! not a tool's.
 
 pub mod builtin;
+pub mod http_fetch;
 
 use std::sync::Arc;
+
+pub use http_fetch::{EgressConfigError, HttpFetch, HttpFetchPolicy, OperatorEgress};
 
 use agentd_core::TenantId;
 use async_trait::async_trait;
@@ -71,7 +74,10 @@ pub trait Tool: Send + Sync + 'static {
 /// The operator's tool settings, shared by every run. Builds each run's
 /// [`ToolSet`] from the run's own agent snapshot.
 #[derive(Debug, Default)]
-pub struct ToolRegistry {}
+pub struct ToolRegistry {
+    /// Address blocks and ports the operator opens to `http_fetch`.
+    egress: OperatorEgress,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("tool {tool:?}: {message}")]
@@ -81,8 +87,21 @@ pub struct ToolSetupError {
 }
 
 impl ToolRegistry {
-    pub fn new() -> Self {
-        ToolRegistry {}
+    pub fn new(egress: OperatorEgress) -> Self {
+        ToolRegistry { egress }
+    }
+
+    /// Checks what can be checked before any run: each agent's egress table.
+    pub fn validate(&self, agent: &AgentSnapshot) -> Result<(), ToolSetupError> {
+        if agent.tools.iter().any(|t| t == HttpFetch::NAME) {
+            HttpFetchPolicy::from_egress(agent.egress.as_ref(), &self.egress).map_err(|e| {
+                ToolSetupError {
+                    tool: HttpFetch::NAME.into(),
+                    message: e.to_string(),
+                }
+            })?;
+        }
+        Ok(())
     }
 
     pub fn for_agent(&self, agent: &AgentSnapshot) -> Result<ToolSet, ToolSetupError> {
@@ -93,6 +112,14 @@ impl ToolRegistry {
                 builtin::ASK_USER => asks_user = true,
                 "current_time" => {
                     tools.insert(name.clone(), Arc::new(builtin::CurrentTime));
+                }
+                HttpFetch::NAME => {
+                    let policy = HttpFetchPolicy::from_egress(agent.egress.as_ref(), &self.egress)
+                        .map_err(|e| ToolSetupError {
+                            tool: name.clone(),
+                            message: e.to_string(),
+                        })?;
+                    tools.insert(name.clone(), Arc::new(HttpFetch::new(policy)));
                 }
                 other => {
                     return Err(ToolSetupError {

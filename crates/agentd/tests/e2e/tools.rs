@@ -560,3 +560,132 @@ tools = ["current_time"]
     assert_eq!(results["content"][0]["type"], "tool_result");
     assert_eq!(results["content"][0]["tool_use_id"], "toolu_1");
 }
+
+/// An agent that may fetch from the fake upstream's own pages (loopback,
+/// opened by the operator).
+fn fetch_config(fake: &FakeUpstream, agent: &str) -> String {
+    format!(
+        "{}\n[egress]\nallow_cidrs = [\"127.0.0.1/32\"]\nallowed_ports = [{port}]\n\n[agents.assistant]\ntools = [\"http_fetch\"]\negress = {{ mode = \"allow_list\", allow = [\"127.0.0.1\"] }}\n{agent}\n",
+        config_for(fake),
+        port = fake.addr.port()
+    )
+}
+
+#[tokio::test]
+async fn http_fetch_reads_allowed_pages_and_refuses_the_rest() {
+    let fake = FakeUpstream::start().await;
+    let page = format!("{}/web/page", fake.base_url().trim_end_matches("/v1"));
+    fake.behavior().push_turns([
+        ScriptedTurn::call("f1", "http_fetch", json!({"url": page}))
+            .and_call("f2", "http_fetch", json!({"url": "http://example.com/"}))
+            .and_call(
+                "f3",
+                "http_fetch",
+                json!({"url": "http://169.254.169.254/latest/meta-data/"}),
+            ),
+        ScriptedTurn::text(&["read it"]),
+    ]);
+    let d = Daemon::start_with_config(&fetch_config(&fake, "")).await;
+    let api = d.api();
+    let run = api.start_run("fetch").await;
+    let done = api.wait_terminal(&run).await;
+    assert_eq!(done["status"], "succeeded", "{done:?}");
+    let evs = events(&api, &run).await;
+    let result = |id: &str| {
+        evs.iter()
+            .find(|e| e["type"] == "tool.finished" && e["payload"]["value"]["tool_call_id"] == id)
+            .unwrap()["payload"]["value"]
+            .clone()
+    };
+    let ok = result("f1");
+    assert_eq!(ok["is_error"], false);
+    assert!(
+        ok["content"]
+            .as_str()
+            .unwrap()
+            .contains("hello from the page"),
+        "{ok}"
+    );
+    let denied = result("f2");
+    assert!(
+        denied["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("EGRESS_DENIED"),
+        "{denied}"
+    );
+    let metadata = result("f3");
+    assert_eq!(metadata["is_error"], true, "{metadata}");
+    assert_eq!(fake.web_hits(), 1);
+}
+
+#[tokio::test]
+async fn a_tool_interrupted_by_a_crash_is_not_run_twice() {
+    let fake = FakeUpstream::start().await;
+    let slow = format!(
+        "{}/web/slow?ms=20000",
+        fake.base_url().trim_end_matches("/v1")
+    );
+    fake.behavior().push_turns([
+        ScriptedTurn::call("s1", "http_fetch", json!({"url": slow})),
+        ScriptedTurn::text(&["the fetch was interrupted"]),
+    ]);
+    let mut d = Daemon::start_with_config(&fetch_config(&fake, "")).await;
+    let run = d.api().start_run("slow fetch").await;
+    for _ in 0..200 {
+        if fake.web_hits() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(fake.web_hits(), 1, "the tool started");
+    d.kill9();
+    d.restart().await;
+    let api = d.api();
+    let done = api.wait_terminal(&run).await;
+    assert_eq!(done["status"], "succeeded", "{done:?}");
+    assert_eq!(fake.web_hits(), 1, "never run a second time");
+    let evs = events(&api, &run).await;
+    let finished: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["type"] == "tool.finished")
+        .collect();
+    assert_eq!(finished.len(), 1);
+    assert!(
+        finished[0]["payload"]["value"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("TOOL_INTERRUPTED")
+    );
+    assert!(evs.iter().any(|e| e["type"] == "run.worker.recovered"));
+    let msgs = fake.requests()[1]["messages"].to_string();
+    assert!(msgs.contains("TOOL_INTERRUPTED"), "the model was told");
+}
+
+#[tokio::test]
+async fn cancel_stops_a_run_mid_tool() {
+    let fake = FakeUpstream::start().await;
+    let slow = format!(
+        "{}/web/slow?ms=20000",
+        fake.base_url().trim_end_matches("/v1")
+    );
+    fake.behavior()
+        .push_turns([ScriptedTurn::call("s1", "http_fetch", json!({"url": slow}))]);
+    let d = Daemon::start_with_config(&fetch_config(&fake, "")).await;
+    let api = d.api();
+    let run = api.start_run("slow").await;
+    for _ in 0..200 {
+        if fake.web_hits() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let started = std::time::Instant::now();
+    let r = api
+        .post(&format!("/v1/runs/{run}/cancel"), &json!({}))
+        .await;
+    assert_eq!(r.body["status"], "cancelled", "{:?}", r.body);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let last = events(&api, &run).await.pop().unwrap();
+    assert_eq!(last["type"], "run.cancelled");
+}
