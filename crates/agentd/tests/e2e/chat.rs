@@ -482,3 +482,18 @@ async fn websocket_turns_run_one_at_a_time_and_clear_starts_over() {
     let third = fake.requests()[2]["messages"].to_string();
     assert!(!third.contains("first"), "cleared: {third}");
 }
+
+#[tokio::test]
+async fn revoking_a_key_closes_its_websockets() {
+    let fake = FakeUpstream::start().await;
+    let d = chat_daemon(&fake, "").await;
+    let (id, key) = crate::keys::mint(&d.api(), "default", &["chat"]).await;
+    let mut ws = ws_connect(&d, "", &[("x-session-api-key", key.as_str())]).await;
+    assert_eq!(ask(&mut ws, "hi").await, FakeUpstream::expected_text(8));
+    assert_eq!(
+        d.api().delete(&format!("/v1/api-keys/{id}")).await.status,
+        204
+    );
+    let closed = next_json(&mut ws).await.unwrap();
+    assert_eq!(closed["closed"], 4001, "{closed}");
+}
