@@ -112,6 +112,25 @@ impl RunStatus {
     }
 }
 
+/// A run's input as its `run.created` event shows it: attachments keep their
+/// name, type and size but not their bytes, which stay on the run alone
+/// (events are streamed and replayed to every reader; megabytes of base64
+/// in them would be paid for again and again).
+pub fn input_for_event(input: &serde_json::Value) -> serde_json::Value {
+    let mut v = input.clone();
+    if let Some(items) = v.get_mut("attachments").and_then(|a| a.as_array_mut()) {
+        for item in items {
+            if let Some(obj) = item.as_object_mut()
+                && let Some(data) = obj.remove("data")
+            {
+                let chars = data.as_str().map_or(0, str::len);
+                obj.insert("bytes".into(), serde_json::json!(chars / 4 * 3));
+            }
+        }
+    }
+    v
+}
+
 /// Tokens a run consumed, summed over its model calls.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Usage {

@@ -68,6 +68,8 @@ pub enum ApiError {
     TurnLimited(String),
     #[error("the run was cancelled")]
     TurnCancelled,
+    #[error("{0}")]
+    AttachmentTooLarge(String),
     #[error("request body is too large (limit {0} bytes)")]
     PayloadTooLarge(usize),
     /// The store is unreachable or the server is shutting down.
@@ -108,7 +110,9 @@ impl ApiError {
             | ApiError::IdempotencyKeyReused
             | ApiError::RunStateConflict(_)
             | ApiError::KeyRevoked => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge(_) | ApiError::AttachmentTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -128,6 +132,7 @@ impl ApiError {
             ApiError::TurnFailed(_) => "RUN_FAILED",
             ApiError::TurnLimited(_) => "LIMIT_EXCEEDED",
             ApiError::TurnCancelled => "RUN_CANCELLED",
+            ApiError::AttachmentTooLarge(_) => "ATTACHMENT_TOO_LARGE",
             ApiError::NotFound(Resource::Key) => "KEY_NOT_FOUND",
             ApiError::OriginNotAllowed => "ORIGIN_NOT_ALLOWED",
             ApiError::NotFound(Resource::Run) => "RUN_NOT_FOUND",

@@ -275,7 +275,12 @@ async fn base_messages(
         "system" => Some(ChatMessage::system(m.content)),
         _ => None,
     }));
-    messages.push(ChatMessage::user(run.user_message.clone()));
+    // Attachments were checked where they came in (the chat API).
+    let attachments = serde_json::from_value(run.input["attachments"].clone()).unwrap_or_default();
+    messages.push(ChatMessage::User {
+        content: run.user_message.clone(),
+        attachments,
+    });
     Ok(messages)
 }
 

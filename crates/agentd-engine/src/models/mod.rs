@@ -19,8 +19,15 @@ use crate::agents::{ModelSpec, Provider};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "role", rename_all = "snake_case")]
 pub enum ChatMessage {
-    System { content: String },
-    User { content: String },
+    System {
+        content: String,
+    },
+    User {
+        content: String,
+        /// Files sent with the message (seed 002's attachments).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
+    },
     Assistant(AssistantTurn),
     Tool(ToolResult),
 }
@@ -35,6 +42,7 @@ impl ChatMessage {
     pub fn user(content: impl Into<String>) -> Self {
         ChatMessage::User {
             content: content.into(),
+            attachments: Vec::new(),
         }
     }
 
@@ -43,6 +51,28 @@ impl ChatMessage {
             content: content.into(),
             ..AssistantTurn::default()
         })
+    }
+}
+
+/// A file sent with a user message: an image or a PDF, base64-encoded,
+/// already checked (type, encoding, size) where it entered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub mime_type: String,
+    /// Standard base64.
+    pub data: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+impl Attachment {
+    pub fn is_image(&self) -> bool {
+        self.mime_type.starts_with("image/")
+    }
+
+    /// `data:<mime>;base64,<data>`, as Chat Completions takes files.
+    pub fn data_url(&self) -> String {
+        format!("data:{};base64,{}", self.mime_type, self.data)
     }
 }
 

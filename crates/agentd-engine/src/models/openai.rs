@@ -94,7 +94,25 @@ impl PartialCall {
 fn encode_message(m: &ChatMessage) -> Value {
     match m {
         ChatMessage::System { content } => json!({"role": "system", "content": content}),
-        ChatMessage::User { content } => json!({"role": "user", "content": content}),
+        ChatMessage::User {
+            content,
+            attachments,
+        } if attachments.is_empty() => json!({"role": "user", "content": content}),
+        ChatMessage::User {
+            content,
+            attachments,
+        } => {
+            // Multimodal: the text, then each file as an image or file part.
+            let mut parts = vec![json!({"type": "text", "text": content})];
+            parts.extend(attachments.iter().map(|a| {
+                if a.is_image() {
+                    json!({"type": "image_url", "image_url": {"url": a.data_url()}})
+                } else {
+                    json!({"type": "file", "file": {"filename": a.name, "file_data": a.data_url()}})
+                }
+            }));
+            json!({"role": "user", "content": parts})
+        }
         ChatMessage::Assistant(turn) => {
             let mut v = json!({"role": "assistant", "content": turn.content});
             if !turn.tool_calls.is_empty() {

@@ -259,8 +259,16 @@ pub(crate) async fn insert_run(
     let store = state.store();
     let tenant = principal.tenant.clone();
     let now = now_millis();
-    // Secrets a client pasted into its input never reach an event.
+    // Secrets a client pasted into its input never reach an event (files
+    // are left whole: scrubbing base64 would only corrupt them).
+    let files = spec
+        .input
+        .as_object_mut()
+        .and_then(|o| o.remove("attachments"));
     state.config().scrubber.scrub_value(&mut spec.input);
+    if let (Some(files), Some(o)) = (files, spec.input.as_object_mut()) {
+        o.insert("attachments".into(), files);
+    }
     state.config().scrubber.scrub_value(&mut spec.metadata);
     let (session, session_agent) = match &spec.session {
         Some(id) => {

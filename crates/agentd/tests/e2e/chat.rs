@@ -497,3 +497,170 @@ async fn revoking_a_key_closes_its_websockets() {
     let closed = next_json(&mut ws).await.unwrap();
     assert_eq!(closed["closed"], 4001, "{closed}");
 }
+
+/// One small file of each supported type.
+fn sample_files() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("image/jpeg", b"\xFF\xD8\xFF\xE0jpeg-bytes".to_vec()),
+        ("image/png", b"\x89PNG\r\n\x1a\npng-bytes".to_vec()),
+        ("image/gif", b"GIF89apixels".to_vec()),
+        ("image/webp", b"RIFF\x10\x00\x00\x00WEBPVP8 ".to_vec()),
+        ("application/pdf", b"%PDF-1.7\n%%EOF".to_vec()),
+    ]
+}
+
+fn attachments_json() -> Value {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Value::Array(
+        sample_files()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (mime, bytes))| json!({"mime_type": mime, "data": b64.encode(bytes), "name": format!("file{i}")}))
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn attachments_reach_openai_as_image_and_file_parts() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let fake = FakeUpstream::start().await;
+    let d = chat_daemon(&fake, "").await;
+    let api = d.api().with_token(CHAT_KEY);
+    let r = chat(
+        &api,
+        json!({"message": "what are these?", "stream": false, "attachments": attachments_json()}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let content = fake.requests()[0]["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["content"]
+        .clone();
+    assert_eq!(
+        content[0],
+        json!({"type": "text", "text": "what are these?"})
+    );
+    for (i, (mime, bytes)) in sample_files().into_iter().enumerate() {
+        let part = &content[i + 1];
+        let url = format!("data:{mime};base64,{}", b64.encode(&bytes));
+        if mime.starts_with("image/") {
+            assert_eq!(
+                part,
+                &json!({"type": "image_url", "image_url": {"url": url}}),
+                "{mime}"
+            );
+        } else {
+            assert_eq!(
+                part,
+                &json!({"type": "file", "file": {"filename": format!("file{i}"), "file_data": url}})
+            );
+        }
+    }
+    // The run keeps the files; its events show only their size.
+    let run = r.body["state"]["previous_response_id"].as_str().unwrap();
+    let created = d
+        .api()
+        .get(&format!("/v1/runs/{run}/events?limit=1"))
+        .await
+        .body["data"][0]
+        .clone();
+    let shown = &created["payload"]["value"]["input"]["attachments"][1];
+    assert_eq!(shown["mime_type"], "image/png");
+    assert!(
+        shown.get("data").is_none() && shown["bytes"].as_u64().unwrap() > 0,
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn attachments_reach_anthropic_as_image_and_document_blocks() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let fake = FakeUpstream::start().await;
+    let config = format!(
+        "[models.default]\nprovider = \"anthropic\"\nbase_url = \"{}\"\nmodel = \"claude-test\"\napi_key_env = \"ANTHROPIC_TEST_KEY\"\n",
+        fake.base_url()
+    );
+    let d = Daemon::start_with(
+        &config,
+        &[
+            ("AGENTD_API_KEYS", CHAT_KEY),
+            ("ANTHROPIC_TEST_KEY", "sk-ant-0000"),
+        ],
+    )
+    .await;
+    let api = d.api().with_token(CHAT_KEY);
+    let r = chat(
+        &api,
+        json!({"message": "describe", "stream": false, "attachments": attachments_json()}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let blocks = fake.requests()[0]["messages"][0]["content"].clone();
+    for (i, (mime, bytes)) in sample_files().into_iter().enumerate() {
+        let kind = if mime.starts_with("image/") {
+            "image"
+        } else {
+            "document"
+        };
+        assert_eq!(
+            blocks[i],
+            json!({"type": kind, "source": {"type": "base64", "media_type": mime, "data": b64.encode(&bytes)}})
+        );
+    }
+    assert_eq!(blocks[5], json!({"type": "text", "text": "describe"}));
+}
+
+#[tokio::test]
+async fn bad_attachments_are_refused_never_dropped() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let fake = FakeUpstream::start().await;
+    let d = chat_daemon(&fake, "").await;
+    let api = d.api().with_token(CHAT_KEY);
+    let big = vec![0xFFu8; 20 * 1024 * 1024 + 1];
+    for (attachment, status, reason) in [
+        (
+            json!({"mime_type": "text/plain", "data": b64.encode(b"hello")}),
+            400,
+            "INVALID_REQUEST",
+        ),
+        (
+            json!({"mime_type": "image/png", "data": "not base64!"}),
+            400,
+            "INVALID_REQUEST",
+        ),
+        (
+            json!({"mime_type": "image/png", "data": b64.encode(b"%PDF-1.7")}),
+            400,
+            "INVALID_REQUEST",
+        ),
+        (
+            json!({"mime_type": "image/jpeg", "data": b64.encode(&big)}),
+            413,
+            "ATTACHMENT_TOO_LARGE",
+        ),
+    ] {
+        let r = chat(
+            &api,
+            json!({"message": "x", "stream": false, "attachments": [attachment]}),
+        )
+        .await;
+        assert_eq!((r.status, r.reason()), (status, reason), "{:?}", r.body);
+        assert!(r.body["error"].as_str().unwrap().contains("attachments[0]"));
+    }
+    assert!(fake.requests().is_empty(), "nothing reached the model");
+    // A small route keeps its small limit.
+    let r = d
+        .api()
+        .post(
+            "/v1/sessions",
+            &json!({"metadata": {"blob": "x".repeat(2 * 1024 * 1024)}}),
+        )
+        .await;
+    assert_eq!(r.status, 413);
+}

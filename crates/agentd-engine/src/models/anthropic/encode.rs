@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::models::{AssistantTurn, ChatMessage, ThinkingBlock, ToolCall, ToolSpec};
+use crate::models::{AssistantTurn, Attachment, ChatMessage, ThinkingBlock, ToolCall, ToolSpec};
 
 /// The request's `system` (every system message, in order, joined by blank
 /// lines; `None` when there is none) and its `messages`.
@@ -17,7 +17,14 @@ pub fn encode_messages(messages: &[ChatMessage]) -> (Option<String>, Vec<Value>)
     for m in messages {
         match m {
             ChatMessage::System { content } => system.push(content),
-            ChatMessage::User { content } => {
+            ChatMessage::User {
+                content,
+                attachments,
+            } => {
+                // Files first (Anthropic's advice for images), then the text.
+                for a in attachments {
+                    out.user_block(attachment_block(a));
+                }
                 // The API refuses empty text blocks.
                 if !content.is_empty() {
                     out.user_text(content);
@@ -34,6 +41,12 @@ pub fn encode_messages(messages: &[ChatMessage]) -> (Option<String>, Vec<Value>)
     }
     let system = (!system.is_empty()).then(|| system.join("\n\n"));
     (system, out.finish())
+}
+
+/// An image or document block carrying the file inline.
+fn attachment_block(a: &Attachment) -> Value {
+    let kind = if a.is_image() { "image" } else { "document" };
+    json!({"type": kind, "source": {"type": "base64", "media_type": a.mime_type, "data": a.data}})
 }
 
 /// The `tools` array: name, description and the arguments' JSON Schema.
@@ -94,8 +107,12 @@ struct Messages {
 
 impl Messages {
     fn user_text(&mut self, text: &str) {
+        self.user_block(json!({"type": "text", "text": text}));
+    }
+
+    fn user_block(&mut self, block: Value) {
         self.flush_assistant();
-        self.texts.push(json!({"type": "text", "text": text}));
+        self.texts.push(block);
     }
 
     fn tool_result(&mut self, block: Value) {

@@ -3,6 +3,7 @@
 //! translated into chat events (`token`, `thinking`, `tool_call`,
 //! `tool_result`, `awaiting_input`, `done`, `error`).
 
+pub(crate) mod attachments;
 pub(crate) mod state;
 pub(crate) mod ws;
 
@@ -28,7 +29,7 @@ use super::runs::{RunSpec, insert_run};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, Resource};
-use crate::extract::{parse_json, read_body};
+use crate::extract::parse_json;
 use crate::follow::follow;
 use crate::request_id::RequestId;
 
@@ -76,6 +77,8 @@ fn default_stream() -> bool {
 /// One message of a conversation, from HTTP or a WebSocket frame.
 pub(crate) struct TurnInput {
     pub message: String,
+    /// Checked by [`attachments::check`].
+    pub attachments: Vec<Value>,
     pub agent_name: Option<String>,
     /// The conversation to continue, already checked against the caller.
     pub session: Option<String>,
@@ -150,7 +153,11 @@ pub(crate) async fn start_turn(
     let spec = RunSpec {
         session: input.session,
         agent: input.agent_name,
-        input: json!({"message": input.message}),
+        input: if input.attachments.is_empty() {
+            json!({"message": input.message})
+        } else {
+            json!({"message": input.message, "attachments": input.attachments})
+        },
         user_message: input.message,
         metadata: json!({}),
         source: RunSource {
@@ -262,13 +269,12 @@ pub async fn chat(
     axum::Extension(request_id): axum::Extension<RequestId>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(req, &app).await?;
+    // This route's own limit: room for several attachments.
+    let bytes = axum::body::to_bytes(req.into_body(), attachments::CHAT_BODY_LIMIT)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(attachments::CHAT_BODY_LIMIT))?;
     let body: ChatRequest = parse_json(&bytes)?;
-    if body.attachments.as_ref().is_some_and(|a| !a.is_empty()) {
-        return Err(ApiError::InvalidRequest(
-            "invalid field `attachments`: attachments are not supported yet".into(),
-        ));
-    }
+    let files = attachments::check(body.attachments.as_deref().unwrap_or_default())?;
     let session = session_from_state(&app, &caller, body.state.as_ref()).await?;
     let turn = start_turn(
         &app,
@@ -276,6 +282,7 @@ pub async fn chat(
         &request_id,
         TurnInput {
             message: body.message,
+            attachments: files,
             agent_name: body.agent_name,
             session,
         },

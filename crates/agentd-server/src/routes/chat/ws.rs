@@ -77,7 +77,9 @@ pub async fn ws_chat(
 ) -> Response {
     let query_key = q.key.or(q.session_api_key).filter(|k| !k.is_empty());
     let presented = query_key.or(header_key);
-    upgrade.on_upgrade(move |socket| connection(app, ctx, presented, socket))
+    upgrade
+        .max_message_size(super::attachments::CHAT_BODY_LIMIT)
+        .on_upgrade(move |socket| connection(app, ctx, presented, socket))
 }
 
 async fn connection(
@@ -264,12 +266,14 @@ async fn run_turns(
                 continue;
             }
         };
-        if turn.attachments.as_ref().is_some_and(|a| !a.is_empty()) {
-            let _ = out
-                .send(error_frame("attachments are not supported yet"))
-                .await;
-            continue;
-        }
+        let files = match super::attachments::check(turn.attachments.as_deref().unwrap_or_default())
+        {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = out.send(error_frame(e.to_string())).await;
+                continue;
+            }
+        };
         if let Some(prev) = &turn.previous_response_id {
             match session_of_run(&app, &caller, prev).await {
                 Ok(s) => session = Some(s),
@@ -282,6 +286,7 @@ async fn run_turns(
         let request_id = RequestId(agentd_core::new_id("req"));
         let input = TurnInput {
             message: turn.message,
+            attachments: files,
             agent_name: turn.agent_name,
             session: session.clone(),
         };

@@ -57,7 +57,7 @@ pub(crate) fn create_run<'c>(
                 json!({
                     "session_id": run.session_id,
                     "agent": run.agent,
-                    "input": run.input,
+                    "input": agentd_core::run::input_for_event(&run.input),
                     "metadata": run.metadata,
                 }),
             ),
