@@ -148,6 +148,8 @@ pub struct Agentd {
     pub auth: String,
     /// Makes idempotency keys unique across bench invocations too.
     pub nonce: u128,
+    /// Turns through seed 002's `POST /api/chat` instead of `/v1/runs`.
+    pub chat: bool,
 }
 
 /// One agentd run: `POST /v1/runs`, then follow its event stream to a terminal
@@ -158,6 +160,9 @@ pub async fn agentd_turn(
     a: Arc<Agentd>,
     key: String,
 ) -> Result<Duration, TurnError> {
+    if a.chat {
+        return chat_turn(client, a).await;
+    }
     let start = Instant::now();
     let resp = client
         .post(format!("{}/v1/runs", a.base))
@@ -216,4 +221,38 @@ pub async fn agentd_turn(
         "stream: closed early",
         format!("run {id}: no terminal event"),
     ))
+}
+
+/// One chat turn: `POST /api/chat` with `stream: true`, read to `done`. TTFT
+/// is to the first `token` event.
+pub async fn chat_turn(client: reqwest::Client, a: Arc<Agentd>) -> Result<Duration, TurnError> {
+    let start = Instant::now();
+    let resp = client
+        .post(format!("{}/api/chat", a.base))
+        .header("authorization", &a.auth)
+        .json(&json!({"message": "hi", "stream": true}))
+        .send()
+        .await
+        .map_err(|e| fail("chat: transport", e))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        return Err(fail(format!("chat: HTTP {}", status.as_u16()), text));
+    }
+    let mut events = resp.bytes_stream().eventsource();
+    let mut ttft = None;
+    while let Some(ev) = events.next().await {
+        let ev = ev.map_err(|e| fail("chat: stream error", e))?;
+        if ev.data == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(&ev.data).map_err(|e| fail("chat: bad event", e))?;
+        match v["type"].as_str().unwrap_or("") {
+            "token" if ttft.is_none() => ttft = Some(start.elapsed()),
+            "done" => return ttft.ok_or_else(|| fail("chat: no token", "done before any token")),
+            "error" => return Err(fail("chat: error event", v["data"].to_string())),
+            _ => {}
+        }
+    }
+    Err(fail("chat: closed early", "no done event"))
 }

@@ -50,6 +50,16 @@ struct Args {
     /// Keep agentd's data dir (database and agentd.log) instead of removing it.
     #[arg(long)]
     keep_data: bool,
+    /// What a turn through agentd is: a run (`POST /v1/runs` + its event
+    /// stream) or a chat turn (`POST /api/chat`, streaming).
+    #[arg(long, value_enum, default_value_t = Surface::Runs)]
+    surface: Surface,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Surface {
+    Runs,
+    Chat,
 }
 
 /// Removes the temporary data dir however the bench ends.
@@ -180,6 +190,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         base: agentd_url,
         auth: format!("Bearer {token}"),
         nonce,
+        chat: args.surface == Surface::Chat,
     });
     // One turn of each first: a setup problem (wrong config, refused auth)
     // should fail loudly here, not show up as a wall of errors in the table.
