@@ -4,7 +4,11 @@
 //! first, or a script of whole turns ([`ScriptedTurn`], tool calls
 //! included). It records every request body so tests can assert what a
 //! model saw.
+//!
+//! [`mcp`] holds the MCP server fixture (stdio binary `fake-mcp`, and
+//! streamable HTTP in-process).
 
+pub mod mcp;
 mod script;
 
 pub use script::{ScriptedCall, ScriptedTurn};
