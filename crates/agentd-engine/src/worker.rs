@@ -45,7 +45,7 @@ impl EngineConfig {
             heartbeat_ms: 10_000,
             poll_ms: 1_000,
             scrubber: Arc::new(Scrubber::none()),
-            tools: Arc::new(ToolRegistry::new()),
+            tools: Arc::new(ToolRegistry::default()),
         }
     }
 }
@@ -166,6 +166,8 @@ impl Engine {
         }
         inner.background.close();
         inner.background.wait().await;
+        // No run uses them any more: stdio servers exit with the daemon.
+        inner.config.tools.shutdown().await;
     }
 
     async fn dispatch(self) {

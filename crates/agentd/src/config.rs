@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use agentd_engine::{AgentSpec, ModelSpec, Provider};
+use agentd_engine::{AgentSpec, McpServerSpec, ModelSpec, Provider};
 use agentd_server::cors::{CorsPolicies, CorsPolicy};
 use agentd_server::jwt::JwtSettings;
 use anyhow::{Context, bail};
@@ -72,6 +72,9 @@ pub struct FileConfig {
     pub models: IndexMap<String, ModelSpec>,
     #[serde(default)]
     pub agents: IndexMap<String, AgentSpec>,
+    /// `[mcp.NAME]`: MCP servers agents may list as `mcp:NAME`.
+    #[serde(default)]
+    pub mcp: IndexMap<String, McpServerSpec>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -139,6 +142,7 @@ pub struct Settings {
     pub redaction: RedactionSection,
     pub models: IndexMap<String, ModelSpec>,
     pub agents: IndexMap<String, AgentSpec>,
+    pub mcp: IndexMap<String, McpServerSpec>,
 }
 
 const DEFAULT_CONFIG: &str = "agentd.toml";
@@ -193,6 +197,7 @@ impl Settings {
             redaction: file.redaction,
             models,
             agents,
+            mcp: file.mcp,
         })
     }
 }

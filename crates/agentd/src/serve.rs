@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentd_engine::{AgentCatalog, Engine, EngineConfig, Scrubber};
+use agentd_engine::{AgentCatalog, Engine, EngineConfig, Scrubber, ToolRegistry};
 use agentd_server::jwt::JwtVerifier;
 use agentd_server::{
     AdminToken, AppState, AuthConfig, FailureLimit, ServerConfig, StaticKeys, TrustedProxies,
@@ -32,7 +32,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let catalog = AgentCatalog::new(&settings.models, &settings.agents)?;
+    // MCP tables are checked here; servers start when a run first needs them.
+    let tools = Arc::new(ToolRegistry::new(settings.mcp.clone())?);
+    let mcp_servers: Vec<&str> = tools.mcp_servers().collect();
+    let catalog = AgentCatalog::new(&settings.models, &settings.agents, &mcp_servers)?;
     for agent in catalog.iter() {
         if let Some(var) = agent.model.api_key_env.as_deref()
             && std::env::var_os(var).is_none()
@@ -78,6 +81,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     engine_config.heartbeat_ms = w.heartbeat_ms.unwrap_or(engine_config.heartbeat_ms);
     engine_config.poll_ms = w.poll_ms.unwrap_or(engine_config.poll_ms);
     engine_config.scrubber = scrubber.clone();
+    engine_config.tools = tools;
     let engine = Engine::start(store.clone(), engine_config);
 
     let state = AppState::new(
@@ -155,6 +159,7 @@ fn failure_limit(settings: &Settings) -> FailureLimit {
 }
 
 /// Every secret value agentd knows of: scrubbed from events when written.
+/// MCP servers' `env` values count: that is where their tokens go.
 fn secrets_to_scrub(
     settings: &Settings,
     catalog: &AgentCatalog,
@@ -171,9 +176,11 @@ fn secrets_to_scrub(
                 .iter()
                 .filter_map(|a| a.model.api_key_env.as_deref()),
         );
+    let mcp_env = settings.mcp.values().flat_map(|s| s.env.values().cloned());
     vars.filter_map(|v| std::env::var(v).ok())
         .chain([admin_token])
         .chain(static_keys)
+        .chain(mcp_env)
         .collect()
 }
 

@@ -10,8 +10,8 @@
 //! (proves a stdio server's environment was cleared); `image {}` → an image
 //! block and a text block; `sleep {ms}` → `slept` after that long (timeouts,
 //! cancellation); `weird.name/v1 {}` → `ok` (a name that must be sanitized);
-//! and, over stdio only, `exit {}` → the process exits mid-call (transport
-//! failure, reconnection).
+//! `pid {}` → the serving process's id; and, over stdio only, `exit {}` →
+//! the process exits mid-call (transport failure, reconnection).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -89,6 +89,7 @@ impl FixtureMcp {
                 "A name models may not use.",
                 no_arguments(),
             ),
+            Tool::new("pid", "The server's process id.", no_arguments()),
         ];
         if self.stdio {
             tools.push(Tool::new(
@@ -134,6 +135,7 @@ impl FixtureMcp {
                 text("slept".into())
             }
             "weird.name/v1" => text("ok".into()),
+            "pid" => text(std::process::id().to_string()),
             "exit" if self.stdio => std::process::exit(3),
             other => Err(ErrorData::invalid_params(
                 format!("no tool named {other:?}"),
