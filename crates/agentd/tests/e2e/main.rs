@@ -5,6 +5,7 @@ mod api;
 mod cors;
 mod durability;
 mod keys;
+mod mcp;
 mod startup;
 mod streaming;
 mod support;
