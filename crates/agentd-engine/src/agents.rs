@@ -143,10 +143,13 @@ pub struct AgentCatalog {
 }
 
 impl AgentCatalog {
-    /// Validates that every agent's model exists and can be served.
+    /// Validates that every agent's model exists and can be served, and
+    /// that every tool it lists is a built-in or `mcp:NAME` for one of the
+    /// configured `mcp_servers`.
     pub fn new(
         models: &IndexMap<String, ModelSpec>,
         agents: &IndexMap<String, AgentSpec>,
+        mcp_servers: &[&str],
     ) -> Result<AgentCatalog, CatalogError> {
         let mut out = IndexMap::new();
         for (name, agent) in agents {
@@ -188,9 +191,15 @@ impl AgentCatalog {
                 approval.insert(tool.clone(), policy);
             }
             for tool in &agent.tools {
-                if !crate::tools::BUILTIN_TOOLS.contains(&tool.as_str()) {
+                if let Some(server) = tool.strip_prefix(crate::tools::mcp::TOOL_PREFIX) {
+                    if !mcp_servers.contains(&server) {
+                        return Err(invalid(format!(
+                            "tool {tool:?} names MCP server {server:?}, which is not configured (add an [mcp.{server}] table)"
+                        )));
+                    }
+                } else if !crate::tools::BUILTIN_TOOLS.contains(&tool.as_str()) {
                     return Err(invalid(format!(
-                        "unknown tool {tool:?} (available: {})",
+                        "unknown tool {tool:?} (available: {}, or mcp:NAME for an [mcp.NAME] server)",
                         crate::tools::BUILTIN_TOOLS.join(", ")
                     )));
                 }

@@ -15,4 +15,6 @@ mod worker;
 
 pub use agents::{AgentCatalog, AgentSnapshot, AgentSpec, ModelSpec, Provider};
 pub use scrub::Scrubber;
+pub use tools::ToolRegistry;
+pub use tools::mcp::McpServerSpec;
 pub use worker::{Engine, EngineConfig};

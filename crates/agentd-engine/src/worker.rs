@@ -166,6 +166,8 @@ impl Engine {
         }
         inner.background.close();
         inner.background.wait().await;
+        // No run uses them any more: stdio servers exit with the daemon.
+        inner.config.tools.shutdown().await;
     }
 
     async fn dispatch(self) {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use agentd_engine::{AgentSpec, ModelSpec, Provider};
+use agentd_engine::{AgentSpec, McpServerSpec, ModelSpec, Provider};
 use agentd_server::cors::{CorsPolicies, CorsPolicy};
 use agentd_server::jwt::JwtSettings;
 use anyhow::{Context, bail};
@@ -76,6 +76,9 @@ pub struct FileConfig {
     pub models: IndexMap<String, ModelSpec>,
     #[serde(default)]
     pub agents: IndexMap<String, AgentSpec>,
+    /// `[mcp.NAME]`: MCP servers agents may list as `mcp:NAME`.
+    #[serde(default)]
+    pub mcp: IndexMap<String, McpServerSpec>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -168,6 +171,7 @@ pub struct Settings {
     pub egress: EgressSection,
     pub models: IndexMap<String, ModelSpec>,
     pub agents: IndexMap<String, AgentSpec>,
+    pub mcp: IndexMap<String, McpServerSpec>,
 }
 
 const DEFAULT_CONFIG: &str = "agentd.toml";
@@ -224,6 +228,7 @@ impl Settings {
             egress: file.egress,
             models,
             agents,
+            mcp: file.mcp,
         })
     }
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentd_engine::tools::{OperatorEgress, ToolRegistry};
-use agentd_engine::{AgentCatalog, Engine, EngineConfig, Scrubber};
+use agentd_engine::tools::OperatorEgress;
+use agentd_engine::{AgentCatalog, Engine, EngineConfig, Scrubber, ToolRegistry};
 use agentd_server::jwt::JwtVerifier;
 use agentd_server::{
     AdminToken, AppState, AuthConfig, ChatConfig, ChatStateKey, FailureLimit, ServerConfig,
@@ -34,8 +34,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let catalog = AgentCatalog::new(&settings.models, &settings.agents)?;
-    let tools = Arc::new(ToolRegistry::new(OperatorEgress {
+    // MCP tables are checked here; servers start when a run first needs them.
+    let egress = OperatorEgress {
         allow_cidrs: settings
             .egress
             .allow_cidrs
@@ -44,7 +44,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .collect::<Result<_, _>>()
             .context("invalid [egress] allow_cidrs")?,
         allowed_ports: settings.egress.allowed_ports.clone(),
-    }));
+    };
+    let tools = Arc::new(ToolRegistry::new(egress, settings.mcp.clone())?);
+    let mcp_servers: Vec<&str> = tools.mcp_servers().collect();
+    let catalog = AgentCatalog::new(&settings.models, &settings.agents, &mcp_servers)?;
     for agent in catalog.iter() {
         tools
             .validate(agent)
@@ -177,6 +180,7 @@ fn failure_limit(settings: &Settings) -> FailureLimit {
 }
 
 /// Every secret value agentd knows of: scrubbed from events when written.
+/// MCP servers' `env` values count: that is where their tokens go.
 fn secrets_to_scrub(
     settings: &Settings,
     catalog: &AgentCatalog,
@@ -193,9 +197,11 @@ fn secrets_to_scrub(
                 .iter()
                 .filter_map(|a| a.model.api_key_env.as_deref()),
         );
+    let mcp_env = settings.mcp.values().flat_map(|s| s.env.values().cloned());
     vars.filter_map(|v| std::env::var(v).ok())
         .chain([admin_token])
         .chain(static_keys)
+        .chain(mcp_env)
         .collect()
 }
 

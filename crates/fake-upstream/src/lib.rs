@@ -5,8 +5,12 @@
 //! first, or a script of whole turns ([`ScriptedTurn`], tool calls
 //! included). It records every request body so tests can assert what a
 //! model saw.
+//!
+//! [`mcp`] holds the MCP server fixture (stdio binary `fake-mcp`, and
+//! streamable HTTP in-process).
 
 mod anthropic;
+pub mod mcp;
 mod script;
 
 pub use script::{ScriptedCall, ScriptedTurn};

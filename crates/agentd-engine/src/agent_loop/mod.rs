@@ -187,9 +187,9 @@ async fn run_to_end(
         Ok(a) => a,
         Err(e) => return fail(ctx, lease, "AGENT_CONFIG_INVALID", &e.to_string(), usage).await,
     };
-    let tools = match ctx.tools.for_agent(&agent) {
+    let tools = match ctx.guard(ctx.tools.for_agent(&agent)).await? {
         Ok(t) => t,
-        Err(e) => return fail(ctx, lease, "AGENT_CONFIG_INVALID", &e.to_string(), usage).await,
+        Err(e) => return fail(ctx, lease, e.reason_code, &e.to_string(), usage).await,
     };
     let mut t = Transcript::load(ctx, lease).await?;
     let left = agent.timeout_secs as i64 * 1000 - t.running_ms(now_millis());

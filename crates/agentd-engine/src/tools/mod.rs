@@ -8,6 +8,7 @@
 
 pub mod builtin;
 pub mod http_fetch;
+pub mod mcp;
 
 use std::sync::Arc;
 
@@ -19,10 +20,11 @@ use indexmap::IndexMap;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use self::mcp::{McpConfigError, McpServer, McpServerSpec, McpTool};
 use crate::agents::{AgentSnapshot, ApprovalPolicy};
 use crate::models::ToolSpec;
 
-/// Tool names an agent may list, beside MCP servers' tools.
+/// Tool names an agent may list, beside MCP servers (`mcp:NAME`).
 pub const BUILTIN_TOOLS: [&str; 3] = [builtin::ASK_USER, "current_time", "http_fetch"];
 
 /// What a call knows of its run.
@@ -72,39 +74,62 @@ pub trait Tool: Send + Sync + 'static {
 }
 
 /// The operator's tool settings, shared by every run. Builds each run's
-/// [`ToolSet`] from the run's own agent snapshot.
+/// [`ToolSet`] from the run's own agent snapshot, and holds the MCP
+/// servers' connections.
 #[derive(Debug, Default)]
 pub struct ToolRegistry {
     /// Address blocks and ports the operator opens to `http_fetch`.
     egress: OperatorEgress,
+    mcp: IndexMap<String, Arc<McpServer>>,
 }
 
+/// Why a run's tools could not be set up; the run fails with `reason_code`.
 #[derive(Debug, thiserror::Error)]
 #[error("tool {tool:?}: {message}")]
 pub struct ToolSetupError {
     pub tool: String,
     pub message: String,
+    /// `AGENT_CONFIG_INVALID`, or `MCP_UNAVAILABLE` for a server that
+    /// cannot be reached.
+    pub reason_code: &'static str,
+}
+
+impl ToolSetupError {
+    fn config(tool: &str, message: impl Into<String>) -> Self {
+        ToolSetupError {
+            tool: tool.to_owned(),
+            message: message.into(),
+            reason_code: "AGENT_CONFIG_INVALID",
+        }
+    }
 }
 
 impl ToolRegistry {
-    pub fn new(egress: OperatorEgress) -> Self {
-        ToolRegistry { egress }
+    /// Checks every `[mcp.NAME]` table; nothing is started or reached
+    /// until a run needs the server.
+    pub fn new(
+        egress: OperatorEgress,
+        mcp: IndexMap<String, McpServerSpec>,
+    ) -> Result<Self, McpConfigError> {
+        let mcp = mcp
+            .iter()
+            .map(|(name, spec)| Ok((name.clone(), Arc::new(McpServer::new(name, spec)?))))
+            .collect::<Result<_, McpConfigError>>()?;
+        Ok(ToolRegistry { egress, mcp })
     }
 
     /// Checks what can be checked before any run: each agent's egress table.
     pub fn validate(&self, agent: &AgentSnapshot) -> Result<(), ToolSetupError> {
         if agent.tools.iter().any(|t| t == HttpFetch::NAME) {
-            HttpFetchPolicy::from_egress(agent.egress.as_ref(), &self.egress).map_err(|e| {
-                ToolSetupError {
-                    tool: HttpFetch::NAME.into(),
-                    message: e.to_string(),
-                }
-            })?;
+            HttpFetchPolicy::from_egress(agent.egress.as_ref(), &self.egress)
+                .map_err(|e| ToolSetupError::config(HttpFetch::NAME, e.to_string()))?;
         }
         Ok(())
     }
 
-    pub fn for_agent(&self, agent: &AgentSnapshot) -> Result<ToolSet, ToolSetupError> {
+    /// Resolves the agent's tools. Async: an MCP server's tools are listed
+    /// over its connection, opened here on first use.
+    pub async fn for_agent(&self, agent: &AgentSnapshot) -> Result<ToolSet, ToolSetupError> {
         let mut tools: IndexMap<String, Arc<dyn Tool>> = IndexMap::new();
         let mut asks_user = false;
         for name in &agent.tools {
@@ -115,17 +140,25 @@ impl ToolRegistry {
                 }
                 HttpFetch::NAME => {
                     let policy = HttpFetchPolicy::from_egress(agent.egress.as_ref(), &self.egress)
-                        .map_err(|e| ToolSetupError {
-                            tool: name.clone(),
-                            message: e.to_string(),
-                        })?;
+                        .map_err(|e| ToolSetupError::config(name, e.to_string()))?;
                     tools.insert(name.clone(), Arc::new(HttpFetch::new(policy)));
                 }
+                server if server.starts_with(mcp::TOOL_PREFIX) => {
+                    let key = &server[mcp::TOOL_PREFIX.len()..];
+                    let server = self.mcp.get(key).ok_or_else(|| {
+                        ToolSetupError::config(name, format!("no [mcp.{key}] server is configured"))
+                    })?;
+                    let listed = McpTool::list(server).await.map_err(|e| ToolSetupError {
+                        tool: name.clone(),
+                        message: format!("MCP server {key:?}: {e}"),
+                        reason_code: mcp::MCP_UNAVAILABLE,
+                    })?;
+                    for tool in listed {
+                        tools.insert(tool.name().to_owned(), Arc::new(tool));
+                    }
+                }
                 other => {
-                    return Err(ToolSetupError {
-                        tool: other.to_owned(),
-                        message: "not available in this build".into(),
-                    });
+                    return Err(ToolSetupError::config(other, "not available in this build"));
                 }
             }
         }
@@ -134,6 +167,18 @@ impl ToolRegistry {
             asks_user,
             approval: agent.approval.clone(),
         })
+    }
+
+    /// The configured MCP servers' names, for validating agents.
+    pub fn mcp_servers(&self) -> impl Iterator<Item = &str> {
+        self.mcp.keys().map(String::as_str)
+    }
+
+    /// Closes every MCP connection; stdio servers exit (at shutdown).
+    pub async fn shutdown(&self) {
+        for server in self.mcp.values() {
+            server.shutdown().await;
+        }
     }
 }
 
