@@ -191,7 +191,14 @@ async fn run_to_end(
         Ok(t) => t,
         Err(e) => return fail(ctx, lease, e.reason_code, &e.to_string(), usage).await,
     };
-    let mut t = Transcript::load(ctx, lease).await?;
+    // A first claim has nothing to replay (its creation events and the
+    // claim's own start): skip the read.
+    let fresh = !claimed.recovered && run.last_seq <= agentd_store::CREATION_EVENTS + 1;
+    let mut t = if fresh {
+        Transcript::starting_now()
+    } else {
+        Transcript::load(ctx, lease).await?
+    };
     let left = agent.timeout_secs as i64 * 1000 - t.running_ms(now_millis());
     let _ = ctx
         .deadline

@@ -37,6 +37,14 @@ pub(crate) struct Transcript {
 }
 
 impl Transcript {
+    /// A run on its first claim: no steps, started now.
+    pub fn starting_now() -> Transcript {
+        Transcript {
+            started_at: Some(agentd_core::time::now_millis()),
+            ..Transcript::default()
+        }
+    }
+
     pub async fn load(ctx: &RunContext, lease: &Lease) -> Result<Transcript, Stop> {
         let mut t = Transcript::default();
         let mut after = 0;
