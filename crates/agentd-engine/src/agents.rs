@@ -177,6 +177,26 @@ impl AgentCatalog {
                 agent: name.clone(),
                 message,
             };
+            if let Some(budget) = model.thinking_budget_tokens {
+                // Anthropic's own rules for extended thinking, checked here
+                // rather than refused by the API on every run.
+                if model.provider != Provider::Anthropic {
+                    return Err(invalid(
+                        "thinking_budget_tokens is for anthropic models".into(),
+                    ));
+                }
+                if budget < 1024 || budget >= agent.max_output_tokens {
+                    return Err(invalid(format!(
+                        "thinking_budget_tokens ({budget}) must be at least 1024 and below max_output_tokens ({})",
+                        agent.max_output_tokens
+                    )));
+                }
+                if model.temperature.is_some() {
+                    return Err(invalid(
+                        "temperature cannot be set together with thinking_budget_tokens".into(),
+                    ));
+                }
+            }
             let mut approval = IndexMap::new();
             for (tool, policy) in &agent.approval {
                 let policy = match policy.as_str() {
@@ -240,5 +260,54 @@ impl AgentCatalog {
 
     pub fn iter(&self) -> impl Iterator<Item = &AgentSnapshot> {
         self.agents.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog(model: &str, agent: &str) -> Result<AgentCatalog, CatalogError> {
+        let models: IndexMap<String, ModelSpec> =
+            toml::from_str(&format!("[default]\n{model}")).expect("model table");
+        let agents: IndexMap<String, AgentSpec> =
+            toml::from_str(&format!("[assistant]\n{agent}")).expect("agent table");
+        AgentCatalog::new(&models, &agents, &[])
+    }
+
+    #[test]
+    fn anthropic_thinking_rules_are_checked_at_startup() {
+        let anthropic = "provider = \"anthropic\"\nmodel = \"m\"\n";
+        assert!(catalog(&format!("{anthropic}thinking_budget_tokens = 2048"), "").is_ok());
+        for (model, agent, why) in [
+            (format!("{anthropic}thinking_budget_tokens = 512"), "", "at least 1024"),
+            (format!("{anthropic}thinking_budget_tokens = 4096"), "", "below max_output_tokens"),
+            (format!("{anthropic}thinking_budget_tokens = 2048\ntemperature = 0.5"), "", "temperature"),
+            (
+                "provider = \"openai\"\nbase_url = \"http://x\"\nmodel = \"m\"\nthinking_budget_tokens = 2048".to_owned(),
+                "",
+                "anthropic",
+            ),
+        ] {
+            let e = catalog(&model, agent).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_tools_and_bad_approvals_are_refused() {
+        let openai = "provider = \"openai\"\nbase_url = \"http://x\"\nmodel = \"m\"";
+        let e = catalog(openai, "tools = [\"rm_rf\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown tool"), "{e}");
+        let e = catalog(openai, "tools = [\"mcp:nope\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not configured"), "{e}");
+        let e = catalog(openai, "approval = { http_fetch = \"sometimes\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("always"), "{e}");
     }
 }

@@ -144,8 +144,10 @@ async fn the_next_request_carries_signed_thinking_tool_use_and_merged_results() 
         description: "Runs code.".into(),
         parameters: json!({"type": "object", "properties": {"code": {"type": "string"}}}),
     }];
+    // Anthropic wants the thinking budget below max_tokens.
     let mut request = ModelRequest {
         tools,
+        max_output_tokens: 4096,
         ..ask("compute")
     };
     let (first, err) = collect(&spec, &request).await;
@@ -171,7 +173,7 @@ async fn the_next_request_carries_signed_thinking_tool_use_and_merged_results() 
         sent[1],
         json!({
             "model": "test-model",
-            "max_tokens": 256,
+            "max_tokens": 4096,
             "stream": true,
             "system": "Be brief.",
             "thinking": {"type": "enabled", "budget_tokens": 1024},

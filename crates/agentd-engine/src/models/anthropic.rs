@@ -53,7 +53,11 @@ pub fn request_body(spec: &ModelSpec, request: &ModelRequest) -> serde_json::Val
     if let Some(t) = spec.temperature {
         body["temperature"] = json!(t);
     }
-    if let Some(budget) = spec.thinking_budget_tokens {
+    // The budget must stay below this call's max_tokens; a late step of a
+    // run whose output budget is nearly spent answers without thinking.
+    if let Some(budget) = spec.thinking_budget_tokens
+        && budget < request.max_output_tokens
+    {
         body["thinking"] = json!({"type": "enabled", "budget_tokens": budget});
     }
     body
