@@ -149,6 +149,37 @@ impl Event {
         self.to_public_for(true)
     }
 
+    /// `to_public_for` as JSON text, without copying the payload when nothing
+    /// is withheld: the hot path (every event, to every reader).
+    pub fn public_json(&self, read_inputs: bool) -> String {
+        if !read_inputs && !self.kind.input_fields().is_empty() {
+            return serde_json::to_string(&self.to_public_for(false)).unwrap_or_default();
+        }
+        #[derive(Serialize)]
+        struct Payload<'a> {
+            redacted: bool,
+            value: &'a Value,
+        }
+        #[derive(Serialize)]
+        struct Public<'a> {
+            seq: i64,
+            #[serde(rename = "type")]
+            kind: &'static str,
+            timestamp: String,
+            payload: Payload<'a>,
+        }
+        serde_json::to_string(&Public {
+            seq: self.seq,
+            kind: self.kind.as_str(),
+            timestamp: to_rfc3339(self.created_at),
+            payload: Payload {
+                redacted: false,
+                value: &self.value,
+            },
+        })
+        .unwrap_or_default()
+    }
+
     /// The envelope as a reader sees it: without `read_inputs`, the input
     /// fields are removed and `redacted` says so.
     pub fn to_public_for(&self, read_inputs: bool) -> PublicEvent {
@@ -275,6 +306,27 @@ mod tests {
             assert_eq!(EventType::parse(t.as_str()), Some(t));
         }
         assert_eq!(EventType::ALL.iter().filter(|t| t.is_terminal()).count(), 4);
+    }
+
+    #[test]
+    fn public_json_matches_the_envelope() {
+        for (kind, read) in [
+            (EventType::StepProgress, false),
+            (EventType::RunCreated, true),
+            (EventType::RunCreated, false),
+        ] {
+            let e = Event {
+                run_id: "run_x".into(),
+                seq: 7,
+                kind,
+                created_at: 1_700_000_000_123,
+                value: json!({"input": {"q": 1}, "metadata": {}, "agent": "a", "kind": "content_delta"}),
+            };
+            assert_eq!(
+                e.public_json(read),
+                serde_json::to_string(&e.to_public_for(read)).unwrap()
+            );
+        }
     }
 
     #[test]

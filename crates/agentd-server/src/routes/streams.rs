@@ -134,7 +134,7 @@ pub async fn events_stream(
             Ok(e) => SseEvent::default()
                 .event("run_event")
                 .id(e.seq.to_string())
-                .data(serde_json::to_string(&e.to_public_for(read_inputs)).unwrap_or_default()),
+                .data(e.public_json(read_inputs)),
             Err(e) => error_event(e.to_string()),
         }
     });

@@ -163,7 +163,10 @@ async fn serve(app: AppState, caller: Principal, socket: WebSocket) {
         let app = app.clone();
         tokio::spawn(async move {
             loop {
+                // Stop first: when the reader also sees it and drops the
+                // outbox, the close frame must still go out.
                 tokio::select! {
+                    biased;
                     _ = stop.cancelled() => {
                         let (code, reason) = if app.is_draining() {
                             (1001, "server shutting down")
