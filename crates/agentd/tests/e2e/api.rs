@@ -494,8 +494,21 @@ async fn health_info_agents_and_openapi() {
         "/v1/sessions/{id}/runs",
         "/v1/agents",
         "/health",
+        "/v1/runs/{id}/signal",
+        "/v1/api-keys",
+        "/v1/api-keys/{key_id}",
+        "/v1/api-keys/{key_id}/rotate",
+        "/v1/audit",
+        "/api/chat",
+        "/ws/chat",
     ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
+    }
+    for schema in ["SignalReceipt", "MintedKey", "KeyView", "AuditView", "ChatRequest"] {
+        assert!(
+            doc.body["components"]["schemas"][schema].is_object(),
+            "openapi lacks schema {schema}"
+        );
     }
     assert!(doc.body["components"]["schemas"]["RunView"].is_object());
 }
