@@ -11,8 +11,11 @@ use std::sync::{Arc, Mutex};
 use agentd_core::Event;
 use tokio::sync::{Notify, broadcast};
 
-/// Batches buffered per run before a slow reader is told it lagged.
-const RUN_CHANNEL_CAPACITY: usize = 64;
+/// Batches buffered per run before a slow reader is told it lagged (it then
+/// re-reads the store, losing nothing). Small on purpose: a broadcast ring
+/// keeps its last messages alive until overwritten, so at 64 every streaming
+/// run held ~50 KB of old events; readers keep up with far fewer.
+const RUN_CHANNEL_CAPACITY: usize = 16;
 
 #[derive(Clone, Debug)]
 pub enum HubMessage {
