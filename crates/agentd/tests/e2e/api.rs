@@ -504,7 +504,13 @@ async fn health_info_agents_and_openapi() {
     ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }
-    for schema in ["SignalReceipt", "MintedKey", "KeyView", "AuditView", "ChatRequest"] {
+    for schema in [
+        "SignalReceipt",
+        "MintedKey",
+        "KeyView",
+        "AuditView",
+        "ChatRequest",
+    ] {
         assert!(
             doc.body["components"]["schemas"][schema].is_object(),
             "openapi lacks schema {schema}"
