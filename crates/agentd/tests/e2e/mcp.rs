@@ -11,22 +11,6 @@ use serde_json::{Value, json};
 use crate::startup::{assert_refuses, run_serve};
 use crate::support::*;
 
-async fn wait_status(api: &Api, run: &str, status: &str) -> Value {
-    for _ in 0..400 {
-        let r = api.get(&format!("/v1/runs/{run}")).await.body;
-        if r["status"] == status {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("run {run} never reached {status}");
-}
-
-async fn events(api: &Api, run: &str) -> Vec<Value> {
-    let page = api.get(&format!("/v1/runs/{run}/events?limit=1000")).await;
-    page.body["data"].as_array().expect("events").clone()
-}
-
 /// The `tool.finished` payload of one call.
 fn finished<'a>(evs: &'a [Value], call: &str) -> &'a Value {
     evs.iter()
@@ -95,9 +79,9 @@ tools = ["mcp:fixture"]
     let api = d.api();
     let run = api.start_run("use the fixture").await;
 
-    let paused = wait_status(&api, &run, "awaiting_input").await;
+    let paused = api.wait_status(&run, "awaiting_input").await;
     assert_eq!(paused["status"], "awaiting_input");
-    let evs = events(&api, &run).await;
+    let evs = api.events(&run).await;
     let awaiting = evs
         .iter()
         .find(|e| e["type"] == "run.awaiting_input")
@@ -161,7 +145,7 @@ tools = ["mcp:fixture"]
     let done = api.wait_terminal(&run).await;
     assert_eq!(done["status"], "succeeded", "{done:?}");
     assert_eq!(done["output"]["text"], "done");
-    let evs = events(&api, &run).await;
+    let evs = api.events(&run).await;
     let c1 = finished(&evs, "c1");
     assert_eq!(
         (c1["content"].as_str(), c1["is_error"].as_bool()),
@@ -234,7 +218,7 @@ tools = ["current_time", "mcp:calc"]
     assert_eq!(done["status"], "succeeded", "{done:?}");
     assert_eq!(done["output"]["text"], "the answer is 42");
 
-    let evs = events(&api, &run).await;
+    let evs = api.events(&run).await;
     assert!(
         !evs.iter().any(|e| e["type"] == "run.awaiting_input"),
         "approval = never: no pause"

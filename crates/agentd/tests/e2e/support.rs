@@ -311,6 +311,24 @@ impl Api {
         }
     }
 
+    /// Waits for the run to reach `status` and returns it.
+    pub async fn wait_status(&self, run: &str, status: &str) -> Value {
+        for _ in 0..400 {
+            let r = self.get(&format!("/v1/runs/{run}")).await.body;
+            if r["status"] == status {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("run {run} never reached {status}");
+    }
+
+    /// The run's events (up to 1000), oldest first.
+    pub async fn events(&self, run: &str) -> Vec<Value> {
+        let page = self.get(&format!("/v1/runs/{run}/events?limit=1000")).await;
+        page.body["data"].as_array().expect("events").clone()
+    }
+
     /// Waits until the run is terminal and returns it.
     pub async fn wait_terminal(&self, run_id: &str) -> Value {
         for _ in 0..400 {

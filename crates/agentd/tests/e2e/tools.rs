@@ -15,23 +15,6 @@ fn agent_config(fake: &FakeUpstream, agent: &str) -> String {
     )
 }
 
-/// Waits for the run to reach `status` and returns it.
-async fn wait_status(api: &Api, run: &str, status: &str) -> Value {
-    for _ in 0..400 {
-        let r = api.get(&format!("/v1/runs/{run}")).await.body;
-        if r["status"] == status {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("run {run} never reached {status}");
-}
-
-async fn events(api: &Api, run: &str) -> Vec<Value> {
-    let page = api.get(&format!("/v1/runs/{run}/events?limit=1000")).await;
-    page.body["data"].as_array().unwrap().clone()
-}
-
 /// Event types with step.progress content deltas dropped (their number
 /// depends on timing).
 fn shape(events: &[Value]) -> Vec<String> {
@@ -71,7 +54,7 @@ async fn a_tool_call_runs_and_the_model_reads_its_result() {
     assert_eq!(done["status"], "succeeded", "{done:?}");
     assert_eq!(done["output"]["text"], "It is now.");
 
-    let evs = events(&api, &run).await;
+    let evs = api.events(&run).await;
     assert_eq!(
         shape(&evs),
         [
@@ -131,9 +114,9 @@ async fn approving_one_of_two_parallel_calls_by_request_id_then_rejecting_the_ot
     .await;
     let api = d.api();
     let run = api.start_run("twice").await;
-    let paused = wait_status(&api, &run, "awaiting_input").await;
+    let paused = api.wait_status(&run, "awaiting_input").await;
     assert_eq!(paused["status"], "awaiting_input");
-    let evs = events(&api, &run).await;
+    let evs = api.events(&run).await;
     let awaiting = evs
         .iter()
         .find(|e| e["type"] == "run.awaiting_input")
@@ -177,7 +160,7 @@ async fn approving_one_of_two_parallel_calls_by_request_id_then_rejecting_the_ot
 
     let done = api.wait_terminal(&run).await;
     assert_eq!(done["status"], "succeeded");
-    let evs = events(&api, &run).await;
+    let evs = api.events(&run).await;
     let tail: Vec<String> = shape(&evs)
         .into_iter()
         .skip_while(|t| t != "run.awaiting_input")
@@ -225,8 +208,8 @@ async fn ask_user_pauses_for_input_and_submit_input_answers_it() {
     let d = Daemon::start_with_config(&agent_config(&fake, "")).await;
     let api = d.api();
     let run = api.start_run("plan a trip").await;
-    wait_status(&api, &run, "awaiting_input").await;
-    let evs = events(&api, &run).await;
+    api.wait_status(&run, "awaiting_input").await;
+    let evs = api.events(&run).await;
     let v = &evs
         .iter()
         .find(|e| e["type"] == "run.awaiting_input")
@@ -265,7 +248,7 @@ async fn signals_are_refused_in_the_wrong_state_and_replayed_by_idempotency_key(
     let d = Daemon::start_with_config(&agent_config(&fake, "")).await;
     let api = d.api();
     let run = api.start_run("ask me").await;
-    wait_status(&api, &run, "awaiting_input").await;
+    api.wait_status(&run, "awaiting_input").await;
 
     let unknown = signal(
         &api,
@@ -311,7 +294,8 @@ async fn signals_are_refused_in_the_wrong_state_and_replayed_by_idempotency_key(
     assert_eq!(done["status"], "succeeded");
     let late = signal(&api, &run, json!({"action": "approve"})).await;
     assert_eq!((late.status, late.reason()), (409, "RUN_STATE_CONFLICT"));
-    let received: Vec<Value> = events(&api, &run)
+    let received: Vec<Value> = api
+        .events(&run)
         .await
         .into_iter()
         .filter(|e| e["type"] == "run.signal_received")
@@ -338,7 +322,7 @@ async fn a_paused_run_survives_a_restart_and_resumes_on_its_signal() {
     ))
     .await;
     let run = d.api().start_run("pause me").await;
-    wait_status(&d.api(), &run, "awaiting_input").await;
+    d.api().wait_status(&run, "awaiting_input").await;
     d.kill9();
     d.restart().await;
     let api = d.api();
@@ -381,7 +365,7 @@ async fn a_paused_run_survives_a_restart_and_resumes_on_its_signal() {
         (done["status"].as_str(), done["output"]["text"].as_str()),
         (Some("succeeded"), Some("after restart"))
     );
-    let evs = events(&api, &run).await;
+    let evs = api.events(&run).await;
     assert_eq!(
         evs.iter().filter(|e| e["type"] == "tool.started").count(),
         1
@@ -407,7 +391,7 @@ async fn each_limit_ends_the_run_naming_it() {
     let run = d.api().start_run("loop").await;
     let done = d.api().wait_terminal(&run).await;
     assert_eq!(done["status"], "limit_exceeded", "{done:?}");
-    let last = events(&d.api(), &run).await.pop().unwrap();
+    let last = d.api().events(&run).await.pop().unwrap();
     assert_eq!(
         (
             last["type"].as_str(),
@@ -423,7 +407,7 @@ async fn each_limit_ends_the_run_naming_it() {
     let d = Daemon::start_with_config(&agent_config(&fake, "max_output_tokens = 2")).await;
     let run = d.api().start_run("loop").await;
     d.api().wait_terminal(&run).await;
-    let last = events(&d.api(), &run).await.pop().unwrap();
+    let last = d.api().events(&run).await.pop().unwrap();
     assert_eq!(last["payload"]["value"]["limit"], "max_output_tokens");
     assert_eq!(
         fake.requests()[1]["max_tokens"],
@@ -440,7 +424,7 @@ async fn each_limit_ends_the_run_naming_it() {
     let run = d.api().start_run("slow").await;
     let done = d.api().wait_terminal(&run).await;
     assert_eq!(done["status"], "limit_exceeded");
-    let last = events(&d.api(), &run).await.pop().unwrap();
+    let last = d.api().events(&run).await.pop().unwrap();
     assert_eq!(last["payload"]["value"]["limit"], "timeout_secs");
     drop(d);
 
@@ -459,7 +443,7 @@ async fn each_limit_ends_the_run_naming_it() {
         (done["status"].as_str(), done["reason_code"].as_str()),
         (Some("limit_exceeded"), Some("APPROVAL_TIMEOUT"))
     );
-    let last = events(&d.api(), &run).await.pop().unwrap();
+    let last = d.api().events(&run).await.pop().unwrap();
     assert_eq!(last["payload"]["value"]["limit"], "approval_timeout_secs");
 }
 
@@ -474,12 +458,12 @@ async fn cancel_works_while_awaiting_input() {
     let d = Daemon::start_with_config(&agent_config(&fake, "")).await;
     let api = d.api();
     let run = api.start_run("ask").await;
-    wait_status(&api, &run, "awaiting_input").await;
+    api.wait_status(&run, "awaiting_input").await;
     let r = api
         .post(&format!("/v1/runs/{run}/cancel"), &json!({}))
         .await;
     assert_eq!(r.body["status"], "cancelled");
-    let last = events(&api, &run).await.pop().unwrap();
+    let last = api.events(&run).await.pop().unwrap();
     assert_eq!(last["type"], "run.cancelled");
     let late = signal(
         &api,
@@ -522,7 +506,7 @@ tools = ["current_time"]
     let done = api.wait_terminal(&run).await;
     assert_eq!(done["status"], "succeeded", "{done:?}");
     assert_eq!(done["output"]["text"], "It is late.");
-    let evs = events(&api, &run).await;
+    let evs = api.events(&run).await;
     let thinking: String = evs
         .iter()
         .filter(|e| e["payload"]["value"]["kind"] == "thinking_delta")
@@ -590,7 +574,7 @@ async fn http_fetch_reads_allowed_pages_and_refuses_the_rest() {
     let run = api.start_run("fetch").await;
     let done = api.wait_terminal(&run).await;
     assert_eq!(done["status"], "succeeded", "{done:?}");
-    let evs = events(&api, &run).await;
+    let evs = api.events(&run).await;
     let result = |id: &str| {
         evs.iter()
             .find(|e| e["type"] == "tool.finished" && e["payload"]["value"]["tool_call_id"] == id)
@@ -645,7 +629,7 @@ async fn a_tool_interrupted_by_a_crash_is_not_run_twice() {
     let done = api.wait_terminal(&run).await;
     assert_eq!(done["status"], "succeeded", "{done:?}");
     assert_eq!(fake.web_hits(), 1, "never run a second time");
-    let evs = events(&api, &run).await;
+    let evs = api.events(&run).await;
     let finished: Vec<&Value> = evs
         .iter()
         .filter(|e| e["type"] == "tool.finished")
@@ -686,6 +670,6 @@ async fn cancel_stops_a_run_mid_tool() {
         .await;
     assert_eq!(r.body["status"], "cancelled", "{:?}", r.body);
     assert!(started.elapsed() < Duration::from_secs(5));
-    let last = events(&api, &run).await.pop().unwrap();
+    let last = api.events(&run).await.pop().unwrap();
     assert_eq!(last["type"], "run.cancelled");
 }
