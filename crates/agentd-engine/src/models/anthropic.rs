@@ -13,9 +13,9 @@ use eventsource_stream::Eventsource;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{DeltaStream, ModelError, ModelRequest};
+use super::{DeltaStream, ModelError, ModelRequest, status_error, transient};
 use crate::agents::ModelSpec;
-use reader::{ApiError, Reader, transient};
+use reader::{ApiError, Reader};
 
 pub use encode::{encode_messages, encode_tools};
 
@@ -97,19 +97,8 @@ pub async fn stream(
         let text = response.text().await.unwrap_or_default();
         let detail = serde_json::from_str::<ErrorBody>(&text)
             .map(|b| format!("{}: {}", b.error.kind, b.error.message))
-            .unwrap_or_else(|_| truncate(&text, 500).to_owned());
-        let message = format!("upstream answered {status}: {detail}");
-        // 529 is Anthropic's "overloaded", inside the 5xx range.
-        return Err(if status.as_u16() == 429 {
-            transient("UPSTREAM_RATE_LIMITED", message)
-        } else if status.is_server_error() {
-            transient("UPSTREAM_UNAVAILABLE", message)
-        } else {
-            ModelError::Fatal {
-                reason_code: "UPSTREAM_REJECTED",
-                message,
-            }
-        });
+            .unwrap_or(text);
+        return Err(status_error(status, &detail));
     }
 
     let idle = Duration::from_secs(spec.idle_timeout_secs.max(1));
@@ -119,13 +108,6 @@ pub async fn stream(
         Some((item, r))
     });
     Ok(Box::pin(deltas))
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
 
 #[cfg(test)]

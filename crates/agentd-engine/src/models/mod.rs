@@ -177,6 +177,39 @@ impl ModelError {
     }
 }
 
+/// A failure that may pass if the step runs again.
+pub(crate) fn transient(reason_code: &'static str, message: impl Into<String>) -> ModelError {
+    ModelError::Transient {
+        reason_code,
+        message: message.into(),
+    }
+}
+
+/// What a non-2xx answer means, the same for every provider: 429 and 5xx
+/// (Anthropic's 529 "overloaded" included) may pass on a retry, the rest
+/// will not.
+pub(crate) fn status_error(status: reqwest::StatusCode, detail: &str) -> ModelError {
+    let message = format!("upstream answered {status}: {}", truncate(detail, 500));
+    if status.as_u16() == 429 {
+        transient("UPSTREAM_RATE_LIMITED", message)
+    } else if status.is_server_error() {
+        transient("UPSTREAM_UNAVAILABLE", message)
+    } else {
+        ModelError::Fatal {
+            reason_code: "UPSTREAM_REJECTED",
+            message,
+        }
+    }
+}
+
+/// At most `max` characters of `s`, cut on a character boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
 pub type DeltaStream = Pin<Box<dyn Stream<Item = Result<ModelDelta, ModelError>> + Send>>;
 
 /// Starts one streaming model call.

@@ -11,7 +11,10 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ChatMessage, DeltaStream, ModelDelta, ModelError, ModelRequest, ToolCall};
+use super::{
+    ChatMessage, DeltaStream, ModelDelta, ModelError, ModelRequest, ToolCall, status_error,
+    transient,
+};
 use crate::agents::ModelSpec;
 
 #[derive(Deserialize)]
@@ -150,13 +153,6 @@ struct ChunkUsage {
     total_tokens: u64,
 }
 
-fn transient(reason_code: &'static str, message: impl Into<String>) -> ModelError {
-    ModelError::Transient {
-        reason_code,
-        message: message.into(),
-    }
-}
-
 pub async fn stream(
     http: &reqwest::Client,
     spec: &ModelSpec,
@@ -205,17 +201,7 @@ pub async fn stream(
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
-        let message = format!("upstream answered {status}: {}", truncate(&text, 500));
-        return Err(if status.as_u16() == 429 {
-            transient("UPSTREAM_RATE_LIMITED", message)
-        } else if status.is_server_error() {
-            transient("UPSTREAM_UNAVAILABLE", message)
-        } else {
-            ModelError::Fatal {
-                reason_code: "UPSTREAM_REJECTED",
-                message,
-            }
-        });
+        return Err(status_error(status, &text));
     }
 
     let idle = Duration::from_secs(spec.idle_timeout_secs.max(1));
@@ -339,12 +325,5 @@ impl Reader {
         self.done = true;
         self.ready.clear();
         Some(Err(e))
-    }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }

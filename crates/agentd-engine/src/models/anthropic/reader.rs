@@ -14,7 +14,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::models::{ModelDelta, ModelError, ThinkingBlock, ToolCall};
+use crate::models::{ModelDelta, ModelError, ThinkingBlock, ToolCall, transient};
 
 /// The SSE events of a response body.
 pub type Events = std::pin::Pin<
@@ -201,13 +201,6 @@ pub fn api_error(e: &ApiError) -> ModelError {
             reason_code: "UPSTREAM_REJECTED",
             message,
         },
-    }
-}
-
-pub fn transient(reason_code: &'static str, message: impl Into<String>) -> ModelError {
-    ModelError::Transient {
-        reason_code,
-        message: message.into(),
     }
 }
 
