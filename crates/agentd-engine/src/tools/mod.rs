@@ -199,10 +199,6 @@ impl ToolSet {
         specs
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.tools.is_empty() && !self.asks_user
-    }
-
     pub fn asks_user(&self) -> bool {
         self.asks_user
     }
