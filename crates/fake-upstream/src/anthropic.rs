@@ -5,15 +5,13 @@
 //! Like the real API it refuses a request without `anthropic-version`, so
 //! a client that forgets the header fails here too.
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::{ScriptedTurn, Shared, token};
@@ -270,15 +268,21 @@ fn turn_frames(turn: &ScriptedTurn, model: &str, input_tokens: usize) -> Vec<Fra
 
 /// Frames as an SSE body with event names, paced ones after `delay`.
 fn sse_response(frames: Vec<Frame>, delay: Duration) -> Response {
-    let stream = futures::stream::iter(frames).then(move |(paced, event, data)| async move {
-        if paced && !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        Ok::<_, Infallible>(Bytes::from(format!("event: {event}\ndata: {data}\n\n")))
-    });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(stream))
-        .expect("static response parts")
+    crate::paced_sse(
+        frames
+            .into_iter()
+            .map(|(paced, event, data)| {
+                (
+                    paced,
+                    format!(
+                        "event: {event}
+data: {data}
+
+"
+                    ),
+                )
+            })
+            .collect(),
+        delay,
+    )
 }

@@ -346,11 +346,22 @@ async fn chat(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> 
 
 /// `(paced, data)` frames as an SSE body, paced ones after `delay`.
 fn sse_response(frames: Vec<(bool, String)>, delay: Duration) -> Response {
-    let stream = futures::stream::iter(frames).then(move |(paced, data)| async move {
+    paced_sse(
+        frames
+            .into_iter()
+            .map(|(paced, data)| (paced, format!("data: {data}\n\n")))
+            .collect(),
+        delay,
+    )
+}
+
+/// Rendered SSE frames as a body, each `paced` one sent after `delay`.
+pub(crate) fn paced_sse(frames: Vec<(bool, String)>, delay: Duration) -> Response {
+    let stream = futures::stream::iter(frames).then(move |(paced, text)| async move {
         if paced && !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        Ok::<_, Infallible>(Bytes::from(format!("data: {data}\n\n")))
+        Ok::<_, Infallible>(Bytes::from(text))
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
