@@ -273,6 +273,8 @@ impl Engine {
     async fn heartbeat(self) {
         let inner = &self.inner;
         let every = Duration::from_millis(inner.config.heartbeat_ms);
+        // Leases held in the store with no local run, as of the previous beat.
+        let mut orphans: HashMap<String, i64> = HashMap::new();
         loop {
             tokio::select! {
                 _ = inner.background_closed() => return,
@@ -305,12 +307,50 @@ impl Engine {
                     handle.abandon.cancel();
                 }
             }
+            orphans = self.release_orphans(&beat.held, &local, orphans).await;
             for control in beat.controls {
                 if let (ControlKind::Cancel, Some(h)) = (control.kind, local.get(&control.run_id)) {
                     h.cancel.cancel();
                 }
             }
         }
+    }
+
+    /// Leases this process holds in the store but drives no run for (the
+    /// run's task ended on a store error, e.g. while PostgreSQL was away):
+    /// the heartbeat would extend them forever, so once one is seen at the
+    /// same epoch on two beats in a row (not a claim racing this beat) it is
+    /// released, and a dispatcher recovers the run from its log.
+    async fn release_orphans(
+        &self,
+        held: &HashMap<String, i64>,
+        local: &HashMap<String, RunHandle>,
+        previous: HashMap<String, i64>,
+    ) -> HashMap<String, i64> {
+        let mut now = HashMap::new();
+        for (run_id, epoch) in held {
+            if local.contains_key(run_id) {
+                continue;
+            }
+            if previous.get(run_id) == Some(epoch) {
+                tracing::warn!(
+                    run = run_id,
+                    "releasing a lease no local run holds; it will be recovered"
+                );
+                if let Err(e) = self
+                    .inner
+                    .store
+                    .release_run(&self.inner.owner, run_id, *epoch)
+                    .await
+                {
+                    tracing::warn!(run = run_id, error = %e, "releasing a lease failed");
+                    now.insert(run_id.clone(), *epoch);
+                }
+            } else {
+                now.insert(run_id.clone(), *epoch);
+            }
+        }
+        now
     }
 
     async fn listen_controls(self) {

@@ -77,6 +77,10 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error")]
     Internal(String),
+    /// The database cannot be reached (PostgreSQL down or restarting): the
+    /// request changed nothing and may be retried. The detail is logged only.
+    #[error("the store is unavailable; retry shortly")]
+    StoreUnavailable(String),
 }
 
 fn resource_name(r: Resource) -> &'static str {
@@ -115,6 +119,7 @@ impl ApiError {
             }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -145,6 +150,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             ApiError::Unavailable(_) => "SERVICE_UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
+            ApiError::StoreUnavailable(_) => "STORE_UNAVAILABLE",
         }
     }
 }
@@ -156,7 +162,7 @@ impl From<StoreError> for ApiError {
             StoreError::SessionNotFound => ApiError::NotFound(Resource::Session),
             StoreError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
             StoreError::IllegalTransition(t) => ApiError::RunStateConflict(t.to_string()),
-            StoreError::Unavailable(e) => ApiError::Unavailable(e.to_string()),
+            StoreError::Unavailable(e) => ApiError::StoreUnavailable(e.to_string()),
             StoreError::Closed => ApiError::Unavailable("store is closed".into()),
             StoreError::LeaseLost | StoreError::Corrupt(_) => ApiError::Internal(e.to_string()),
         }
@@ -174,7 +180,10 @@ pub struct ErrorEnvelope {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(detail) | ApiError::Unavailable(detail) = &self {
+        if let ApiError::Internal(detail)
+        | ApiError::Unavailable(detail)
+        | ApiError::StoreUnavailable(detail) = &self
+        {
             tracing::error!(reason = self.reason_code(), %detail, "request failed");
         }
         let mut response = self.status().into_response();

@@ -79,14 +79,25 @@ impl AppState {
         catalog: AgentCatalog,
         config: ServerConfig,
     ) -> Self {
+        let streams = CancellationToken::new();
+        let key_streams: Arc<auth::KeyStreams> = Arc::default();
+        // Keys revoked or rotated on other nodes close their streams here too.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(auth::follow_remote_changes(
+                key_streams.clone(),
+                store.clone(),
+                store.hub().subscribe_key_changes(),
+                streams.clone(),
+            ));
+        }
         AppState {
             inner: Arc::new(StateInner {
                 store,
                 engine,
                 catalog,
                 draining: AtomicBool::new(false),
-                streams: CancellationToken::new(),
-                key_streams: Arc::default(),
+                streams,
+                key_streams,
                 failures: auth::FailureLimiter::new(config.auth.failure_limit),
                 config,
             }),

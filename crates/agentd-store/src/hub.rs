@@ -40,6 +40,9 @@ struct Inner {
     work: Notify,
     /// Run ids with a new control row (cancel, signal) for their lease holder.
     controls: Mutex<Option<broadcast::Sender<String>>>,
+    /// Ids of API keys revoked or rotated on another node, so this node closes
+    /// the streams they opened here (the local node closes its own directly).
+    keys: Mutex<Option<broadcast::Sender<String>>>,
 }
 
 impl EventHub {
@@ -116,6 +119,35 @@ impl EventHub {
             .unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = guard.as_ref() {
             let _ = tx.send(run_id.to_owned());
+        }
+    }
+}
+
+impl EventHub {
+    /// Sends every follower back to the store: after a gap in what this hub
+    /// could have heard (another node's notifications were missed while the
+    /// listener reconnected), a re-read is the only way to be sure.
+    pub fn resync_all(&self) {
+        let runs = self.inner.runs.lock().unwrap_or_else(|e| e.into_inner());
+        for tx in runs.values() {
+            let _ = tx.send(HubMessage::Upto(i64::MAX));
+        }
+    }
+
+    /// Key ids changed by another node; see [`EventHub::publish_key_change`].
+    pub fn subscribe_key_changes(&self) -> broadcast::Receiver<String> {
+        let mut guard = self.inner.keys.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .get_or_insert_with(|| broadcast::channel(256).0)
+            .subscribe()
+    }
+
+    /// An API key was revoked or rotated elsewhere: whoever holds streams
+    /// opened with it re-reads the key and closes what it no longer allows.
+    pub fn publish_key_change(&self, key_id: &str) {
+        let guard = self.inner.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = guard.as_ref() {
+            let _ = tx.send(key_id.to_owned());
         }
     }
 }

@@ -1,5 +1,6 @@
 //! agentd's durable store: the [`Store`] trait the engine and server talk to,
-//! and its embedded SQLite implementation.
+//! its embedded SQLite implementation, and the PostgreSQL one for several
+//! nodes on one database.
 //!
 //! Invariants every implementation keeps (DESIGN §4):
 //! - every method is scoped by tenant, except the worker-side ones, which are
@@ -14,6 +15,7 @@ mod error;
 mod hub;
 mod keys;
 mod metrics;
+pub mod postgres;
 pub mod sqlite;
 mod types;
 
@@ -102,6 +104,10 @@ pub trait Store: Send + Sync + 'static {
     async fn heartbeat(&self, owner: &str, lease_ms: i64) -> Result<Heartbeat, StoreError>;
     /// Gives up every lease `owner` holds so another worker can take them now.
     async fn release_leases(&self, owner: &str) -> Result<(), StoreError>;
+    /// Gives up one lease if `owner` still holds it at `epoch`: for a run
+    /// the process no longer drives (its task ended on a store error), which
+    /// the heartbeat would otherwise keep extending, so nobody recovered it.
+    async fn release_run(&self, owner: &str, run_id: &str, epoch: i64) -> Result<(), StoreError>;
 
     // --- API keys and audit -------------------------------------------------
 

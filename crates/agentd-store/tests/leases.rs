@@ -12,14 +12,8 @@ use agentd_store::{
 };
 use serde_json::json;
 
-async fn open(dir: &std::path::Path) -> SqliteStore {
-    SqliteStore::open(&SqliteConfig {
-        data_dir: dir.to_path_buf(),
-        fsync: false,
-    })
-    .await
-    .expect("store opens")
-}
+mod common;
+use common::{on_postgres, open};
 
 fn queued_run(tenant: &TenantId, session: &str) -> Run {
     Run::queued(
@@ -31,7 +25,7 @@ fn queued_run(tenant: &TenantId, session: &str) -> Run {
     )
 }
 
-async fn create(store: &SqliteStore, tenant: &TenantId) -> Run {
+async fn create(store: &dyn Store, tenant: &TenantId) -> Run {
     let run = queued_run(tenant, &new_id("ses"));
     let session = SessionTarget::New(NewSession {
         tenant_id: tenant.clone(),
@@ -65,8 +59,7 @@ fn claim(owner: &str, lease_ms: i64) -> ClaimRequest {
 
 #[tokio::test]
 async fn a_worker_whose_lease_was_taken_over_cannot_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    let store = open().await;
     let tenant = TenantId::default_tenant();
     let run = create(&store, &tenant).await;
 
@@ -127,8 +120,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_write() {
 
 #[tokio::test]
 async fn illegal_transitions_are_refused_and_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    let store = open().await;
     let tenant = TenantId::default_tenant();
     let run = create(&store, &tenant).await;
     let claimed = store.claim_runs(claim("w", 60_000)).await.unwrap();
@@ -148,8 +140,7 @@ async fn illegal_transitions_are_refused_and_change_nothing() {
 
 #[tokio::test]
 async fn tenants_do_not_see_each_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    let store = open().await;
     let a = TenantId::parse("a").unwrap();
     let b = TenantId::parse("b").unwrap();
     let run = create(&store, &a).await;
@@ -170,8 +161,17 @@ async fn tenants_do_not_see_each_other() {
 
 #[tokio::test]
 async fn one_process_per_data_dir() {
+    if on_postgres() {
+        eprintln!("skipped on PostgreSQL: the data dir lock is SQLite's");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
-    let _first = open(dir.path()).await;
+    let _first = SqliteStore::open(&SqliteConfig {
+        data_dir: dir.path().to_path_buf(),
+        fsync: false,
+    })
+    .await
+    .unwrap();
     let second = SqliteStore::open(&SqliteConfig {
         data_dir: dir.path().to_path_buf(),
         fsync: false,
@@ -185,8 +185,7 @@ async fn one_process_per_data_dir() {
 
 #[tokio::test]
 async fn a_cancel_for_a_dead_worker_reaches_the_one_that_recovers_the_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    let store = open().await;
     let tenant = TenantId::default_tenant();
     let run = create(&store, &tenant).await;
     let a = store.claim_runs(claim("worker-a", -1)).await.unwrap();

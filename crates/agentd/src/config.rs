@@ -332,11 +332,7 @@ fn default_agent() -> AgentSpec {
 pub fn check_database_url(url: Option<&str>) -> anyhow::Result<()> {
     match url {
         None => Ok(()),
-        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-            bail!(
-                "the PostgreSQL store is not available in this build yet; omit --database-url to use the embedded SQLite store"
-            )
-        }
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => Ok(()),
         Some(u) => bail!("unsupported database URL {u:?}: expected postgres://…"),
     }
 }

@@ -15,6 +15,7 @@ use agentd_server::{
     StaticKeys, TrustedProxies,
 };
 use agentd_store::Store;
+use agentd_store::postgres::{PgConfig, PgStore};
 use agentd_store::sqlite::{SqliteConfig, SqliteStore};
 use anyhow::{Context, bail};
 use axum::serve::ListenerExt;
@@ -82,12 +83,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         static_keys,
     )));
 
-    let store = SqliteStore::open(&SqliteConfig {
-        data_dir: settings.data_dir.clone(),
-        fsync: settings.fsync,
-    })
-    .await?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let (store, store_kind): (Arc<dyn Store>, &'static str) = match &settings.database_url {
+        Some(url) => {
+            let store = PgStore::open(&PgConfig::new(url.clone())).await?;
+            tracing::info!(schema = store.schema(), "using the PostgreSQL store");
+            (Arc::new(store), "postgres")
+        }
+        None => {
+            let store = SqliteStore::open(&SqliteConfig {
+                data_dir: settings.data_dir.clone(),
+                fsync: settings.fsync,
+            })
+            .await?;
+            (Arc::new(store), "sqlite")
+        }
+    };
 
     let mut engine_config = EngineConfig::new(agentd_core::new_id("wkr"));
     let w = &settings.worker;
@@ -108,7 +118,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ServerConfig {
             auth,
             scrubber,
-            store_kind: "sqlite",
+            store_kind,
             cors,
             jwt,
             chat: ChatConfig {

@@ -35,7 +35,7 @@ pub use keys::StaticKeys;
 use keys::{KeyCheck, check_key, split_credential};
 pub use limiter::FailureLimit;
 pub(crate) use limiter::FailureLimiter;
-pub(crate) use revocation::{KeyStreams, StreamSlot};
+pub(crate) use revocation::{KeyStreams, StreamSlot, follow_remote_changes};
 
 use crate::AppState;
 use crate::error::ApiError;

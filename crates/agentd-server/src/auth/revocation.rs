@@ -79,3 +79,56 @@ impl KeyStreams {
         }
     }
 }
+
+/// Closes streams whose key was revoked or rotated on another node (the
+/// PostgreSQL store announces such changes; SQLite has no other node): the
+/// key is re-read, and only streams on a secret it still accepts stay open.
+/// A rotation's old secret is closed again when its grace ends.
+pub(crate) async fn follow_remote_changes(
+    streams: Arc<KeyStreams>,
+    store: Arc<dyn agentd_store::Store>,
+    mut changes: tokio::sync::broadcast::Receiver<String>,
+    stop: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let key_id = tokio::select! {
+            _ = stop.cancelled() => return,
+            change = changes.recv() => match change {
+                Ok(id) => id,
+                // Missed announcements: nothing to re-read by name; a
+                // revoked key is still refused at its next request.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            },
+        };
+        let key = match store.find_api_key(&key_id).await {
+            Ok(Some(k)) => k,
+            Ok(None) => {
+                streams.close(&key_id, &[]);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(key = key_id, error = %e, "cannot re-read a changed key");
+                continue;
+            }
+        };
+        if key.revoked_at.is_some() {
+            streams.close(&key_id, &[]);
+            continue;
+        }
+        let now = agentd_core::time::now_millis();
+        match key.previous.filter(|p| p.valid_until > now) {
+            None => streams.close(&key_id, &[key.secret]),
+            Some(previous) => {
+                streams.close(&key_id, &[key.secret, previous.digest]);
+                let streams = streams.clone();
+                let wait = std::time::Duration::from_millis((previous.valid_until - now) as u64);
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    streams.close(&key_id, &[key.secret]);
+                });
+            }
+        }
+    }
+}

@@ -15,7 +15,7 @@ const KEY_COLUMNS: &str = "id, tenant_id, name, scopes, secret_sha256, previous_
      previous_valid_until, created_by, created_at, expires_at, rotated_at, revoked_at";
 
 #[derive(FromRow)]
-struct KeyRow {
+pub(crate) struct KeyRow {
     id: String,
     tenant_id: String,
     name: String,
@@ -66,7 +66,7 @@ impl TryFrom<KeyRow> for ApiKey {
 }
 
 #[derive(FromRow)]
-struct AuditRow {
+pub(crate) struct AuditRow {
     id: String,
     tenant_id: String,
     created_at: i64,

@@ -7,9 +7,9 @@
 //! small pool of read connections, which WAL lets run beside the writer.
 
 mod batch;
-mod keys;
+pub(crate) mod keys;
 mod ops;
-mod rows;
+pub(crate) mod rows;
 mod writer;
 
 use std::fs::File;
@@ -320,6 +320,15 @@ impl Store for SqliteStore {
     async fn release_leases(&self, owner: &str) -> Result<(), StoreError> {
         self.writer
             .submit(ops::release_leases, owner.to_owned())
+            .await
+    }
+
+    async fn release_run(&self, owner: &str, run_id: &str, epoch: i64) -> Result<(), StoreError> {
+        self.writer
+            .submit(
+                ops::release_run,
+                (owner.to_owned(), run_id.to_owned(), epoch),
+            )
             .await
     }
 

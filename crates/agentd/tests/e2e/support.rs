@@ -14,6 +14,76 @@ use serde_json::Value;
 
 pub const TOKEN: &str = "test-admin-token-0123456789abcdef";
 
+/// The PostgreSQL server tests use when `AGENTD_TEST_STORE=postgres` (and the
+/// multi-node tests always): `AGENTD_TEST_DATABASE_URL`, else the local
+/// server `.ci/run` keeps up.
+pub fn postgres_url() -> String {
+    std::env::var("AGENTD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
+}
+
+/// Whether this run of the suite puts its daemons on PostgreSQL
+/// (`AGENTD_TEST_STORE=postgres`) instead of each one's own SQLite file.
+pub fn on_postgres() -> bool {
+    std::env::var("AGENTD_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// For a test that checks something only the SQLite store has: true (and
+/// the reason printed, so the skip is visible) when running on PostgreSQL.
+pub fn skip_on_postgres(reason: &str) -> bool {
+    if on_postgres() {
+        eprintln!("skipped on PostgreSQL: {reason}");
+    }
+    on_postgres()
+}
+
+/// A schema of its own on the test server, so tests sharing one database
+/// stay apart (and parallel); dropped with its last user.
+pub struct PgSchema {
+    base: String,
+    pub name: String,
+}
+
+impl PgSchema {
+    pub fn new() -> std::sync::Arc<PgSchema> {
+        Self::on(&postgres_url())
+    }
+
+    /// A schema on another server (a test's own throwaway PostgreSQL).
+    pub fn on(base: &str) -> std::sync::Arc<PgSchema> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::sync::Arc::new(PgSchema {
+            base: base.to_owned(),
+            name: format!("t_{}_{n}_{nanos}", std::process::id()),
+        })
+    }
+
+    /// The URL a daemon is given: agentd creates the schema on first use.
+    pub fn url(&self) -> String {
+        let sep = if self.base.contains('?') { '&' } else { '?' };
+        format!("{}{sep}schema={}", self.base, self.name)
+    }
+
+    /// Runs one statement with `psql` (the server's own client).
+    pub fn psql(&self, sql: &str) -> std::process::Output {
+        Command::new("psql")
+            .args(["-q", "-X", "-A", "-t", "-d", &self.base, "-c", sql])
+            .output()
+            .expect("run psql")
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let _ = self.psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+    }
+}
+
 /// A daemon process and the directory it owns.
 pub struct Daemon {
     pub url: String,
@@ -22,6 +92,9 @@ pub struct Daemon {
     http: reqwest::Client,
     /// Extra environment for the process.
     env: Vec<(String, String)>,
+    /// On PostgreSQL: the schema it keeps its state in (shared by the nodes
+    /// of a multi-node test), kept across restarts.
+    pub schema: Option<std::sync::Arc<PgSchema>>,
 }
 
 /// The config every test daemon gets: the fake upstream, quick retries, and
@@ -55,6 +128,17 @@ impl Daemon {
     }
 
     pub async fn start_with(config: &str, env: &[(&str, &str)]) -> Daemon {
+        let schema = on_postgres().then(PgSchema::new);
+        Self::start_on(config, env, schema).await
+    }
+
+    /// A daemon on this schema (`None`: its own SQLite file). Several daemons
+    /// on one schema are the nodes of one deployment.
+    pub async fn start_on(
+        config: &str,
+        env: &[(&str, &str)],
+        schema: Option<std::sync::Arc<PgSchema>>,
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("agentd.toml"), config).expect("write config");
         let mut d = Daemon {
@@ -66,6 +150,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            schema,
         };
         d.spawn().await;
         d
@@ -85,6 +170,9 @@ impl Daemon {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some(schema) = &self.schema {
+            cmd.arg("--database-url").arg(schema.url());
+        }
         cmd
     }
 

@@ -302,3 +302,26 @@ pub(crate) fn release_leases<'c>(
         Ok(applied)
     })
 }
+
+/// Gives up one lease, if `owner` still holds it at `epoch`.
+pub(crate) fn release_run<'c>(
+    c: &'c mut SqliteConnection,
+    ctx: &'c mut Ctx,
+    (owner, run_id, epoch): &'c (String, String, i64),
+) -> Op<'c, ()> {
+    Box::pin(async move {
+        let done = sqlx::query(
+            "UPDATE runs SET lease_owner = NULL, lease_expires_at = 0 \
+             WHERE id = ? AND lease_owner = ? AND lease_epoch = ? AND status = 'running'",
+        )
+        .bind(run_id)
+        .bind(owner)
+        .bind(epoch)
+        .execute(c)
+        .await?;
+        ctx.forget(run_id);
+        let mut applied = Applied::value(());
+        applied.wake_workers = done.rows_affected() > 0;
+        Ok(applied)
+    })
+}

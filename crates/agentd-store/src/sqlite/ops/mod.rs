@@ -13,7 +13,7 @@ mod sessions;
 mod signals;
 
 pub(crate) use appends::append;
-pub(crate) use leases::{claim_runs, heartbeat, release_leases};
+pub(crate) use leases::{claim_runs, heartbeat, release_leases, release_run};
 use runs::cancel_one;
 pub(crate) use runs::{cancel_run, create_run};
 pub(crate) use sessions::{create_session, delete_session};

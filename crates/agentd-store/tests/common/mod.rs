@@ -1,0 +1,95 @@
+//! The store under test: SQLite in a temp dir, or, with
+//! `AGENTD_TEST_STORE=postgres`, PostgreSQL in a schema of its own (so tests
+//! sharing the server stay parallel), dropped afterwards.
+
+#![allow(dead_code)]
+
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use agentd_store::Store;
+use agentd_store::postgres::{PgConfig, PgStore};
+use agentd_store::sqlite::{SqliteConfig, SqliteStore};
+
+pub fn on_postgres() -> bool {
+    std::env::var("AGENTD_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// `AGENTD_TEST_DATABASE_URL`, else the local server `.ci/run` keeps up.
+pub fn postgres_url() -> String {
+    std::env::var("AGENTD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
+}
+
+/// A schema name no other test (or earlier run) uses.
+pub fn fresh_schema() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "s_{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Drops its schema when the test ends.
+pub struct SchemaGuard(pub String);
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args(["-q", "-X", "-d", &postgres_url(), "-c"])
+            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0))
+            .output();
+    }
+}
+
+/// A PostgreSQL node on `schema` (several on one schema are several nodes).
+pub async fn open_pg(schema: &str) -> PgStore {
+    PgStore::open(&PgConfig::new(format!(
+        "{}?schema={schema}",
+        postgres_url()
+    )))
+    .await
+    .expect("PostgreSQL store opens")
+}
+
+pub struct TestStore {
+    store: Box<dyn Store>,
+    _dir: tempfile::TempDir,
+    _schema: Option<SchemaGuard>,
+}
+
+impl Deref for TestStore {
+    type Target = dyn Store;
+    fn deref(&self) -> &(dyn Store + 'static) {
+        &*self.store
+    }
+}
+
+pub async fn open() -> TestStore {
+    let dir = tempfile::tempdir().unwrap();
+    if on_postgres() {
+        let schema = fresh_schema();
+        let store = open_pg(&schema).await;
+        return TestStore {
+            store: Box::new(store),
+            _dir: dir,
+            _schema: Some(SchemaGuard(schema)),
+        };
+    }
+    let store = SqliteStore::open(&SqliteConfig {
+        data_dir: dir.path().to_path_buf(),
+        fsync: false,
+    })
+    .await
+    .expect("store opens");
+    TestStore {
+        store: Box::new(store),
+        _dir: dir,
+        _schema: None,
+    }
+}

@@ -1,0 +1,151 @@
+//! Two PostgreSQL store instances on one schema, as two nodes see it: claims
+//! never overlap, and one node's commits and key changes reach the other's
+//! hub through NOTIFY. Needs PostgreSQL (see `common`), so it always runs
+//! on it, whatever `AGENTD_TEST_STORE` says.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentd_core::event::payload::content_delta;
+use agentd_core::time::now_millis;
+use agentd_core::{Run, Scopes, TenantId, new_id};
+use agentd_store::{
+    ApiKey, ClaimRequest, CreateRunOutcome, HubMessage, KeyChange, NewRun, NewSession,
+    SessionTarget, Store,
+};
+use serde_json::json;
+
+mod common;
+use common::{SchemaGuard, fresh_schema, open_pg};
+
+async fn create(store: &dyn Store, tenant: &TenantId) -> Run {
+    let run = Run::queued(
+        tenant.clone(),
+        new_id("ses"),
+        "a".into(),
+        "hi".into(),
+        now_millis(),
+    );
+    let session = SessionTarget::New(NewSession {
+        tenant_id: tenant.clone(),
+        id: run.session_id.clone(),
+        agent: "a".into(),
+        metadata: json!({}),
+        created_at: run.created_at,
+    });
+    let new = NewRun {
+        run,
+        session,
+        idempotency: None,
+        audit: None,
+    };
+    match store.create_run(new).await.unwrap() {
+        CreateRunOutcome::Created(r) => *r,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Claims in small batches until nothing is left; returns what it got.
+async fn drain(store: Arc<dyn Store>, owner: &'static str) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let claimed = store
+            .claim_runs(ClaimRequest {
+                owner: Arc::from(owner),
+                max: 7,
+                lease_ms: 60_000,
+            })
+            .await
+            .unwrap();
+        if claimed.is_empty() {
+            return got;
+        }
+        got.extend(claimed.into_iter().map(|c| c.run.id));
+    }
+}
+
+#[tokio::test]
+async fn two_nodes_claiming_at_once_never_take_the_same_run() {
+    let schema = SchemaGuard(fresh_schema());
+    let a: Arc<dyn Store> = Arc::new(open_pg(&schema.0).await);
+    let b: Arc<dyn Store> = Arc::new(open_pg(&schema.0).await);
+    let tenant = TenantId::default_tenant();
+    let mut ids = HashSet::new();
+    for _ in 0..100 {
+        ids.insert(create(&*a, &tenant).await.id);
+    }
+    let (got_a, got_b) = tokio::join!(drain(a.clone(), "node-a"), drain(b.clone(), "node-b"));
+    let set_a: HashSet<_> = got_a.iter().cloned().collect();
+    let set_b: HashSet<_> = got_b.iter().cloned().collect();
+    assert_eq!(set_a.len(), got_a.len(), "A claimed nothing twice");
+    assert_eq!(set_b.len(), got_b.len(), "B claimed nothing twice");
+    assert!(set_a.is_disjoint(&set_b), "no run claimed by both");
+    let all: HashSet<_> = set_a.union(&set_b).cloned().collect();
+    assert_eq!(all, ids, "every run claimed");
+}
+
+#[tokio::test]
+async fn a_commit_on_one_node_reaches_readers_and_key_holders_on_another() {
+    let schema = SchemaGuard(fresh_schema());
+    let a = open_pg(&schema.0).await;
+    let b = open_pg(&schema.0).await;
+    let tenant = TenantId::default_tenant();
+    let run = create(&a, &tenant).await;
+
+    // A reader on A; the run executes on B.
+    let mut sub = a.hub().subscribe(&run.id);
+    let claimed = b
+        .claim_runs(ClaimRequest {
+            owner: Arc::from("node-b"),
+            max: 1,
+            lease_ms: 60_000,
+        })
+        .await
+        .unwrap();
+    let last = b
+        .append(
+            &claimed[0].lease,
+            vec![content_delta("s", 1, "hello")],
+            None,
+        )
+        .await
+        .unwrap();
+    let mut seen = 0;
+    while seen < last {
+        match tokio::time::timeout(Duration::from_secs(5), sub.recv()).await {
+            Ok(Ok(HubMessage::Upto(seq))) => seen = seen.max(seq),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => panic!("B's commit never reached A (saw up to {seen} of {last})"),
+        }
+    }
+    let events = a.events_after(&tenant, &run.id, 0, 100).await.unwrap();
+    assert_eq!(events.last().map(|e| e.seq), Some(last));
+
+    // A key revoked on B is announced on A.
+    let mut changes = a.hub().subscribe_key_changes();
+    let key = ApiKey {
+        id: new_id("key"),
+        tenant_id: tenant.clone(),
+        name: "k".into(),
+        scopes: Scopes::all(),
+        secret: [7; 32],
+        previous: None,
+        created_by: "admin".into(),
+        created_at: now_millis(),
+        expires_at: None,
+        rotated_at: None,
+        revoked_at: None,
+    };
+    a.create_api_key(key.clone()).await.unwrap();
+    let revoked = b
+        .revoke_api_key(&tenant, &key.id, now_millis())
+        .await
+        .unwrap();
+    assert!(matches!(revoked, KeyChange::Changed(_)));
+    let heard = tokio::time::timeout(Duration::from_secs(5), changes.recv())
+        .await
+        .expect("the revocation reached A")
+        .unwrap();
+    assert_eq!(heard, key.id);
+}
