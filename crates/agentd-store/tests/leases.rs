@@ -61,7 +61,7 @@ fn claim(owner: &str, lease_ms: i64) -> ClaimRequest {
 async fn a_worker_whose_lease_was_taken_over_cannot_write() {
     let store = open().await;
     let tenant = TenantId::default_tenant();
-    let run = create(&store, &tenant).await;
+    let run = create(&*store, &tenant).await;
 
     // A claims with a lease that lapses at once (as if A had stalled).
     let a = store.claim_runs(claim("worker-a", -1)).await.unwrap();
@@ -122,7 +122,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_write() {
 async fn illegal_transitions_are_refused_and_change_nothing() {
     let store = open().await;
     let tenant = TenantId::default_tenant();
-    let run = create(&store, &tenant).await;
+    let run = create(&*store, &tenant).await;
     let claimed = store.claim_runs(claim("w", 60_000)).await.unwrap();
     let err = store
         .append(
@@ -143,7 +143,7 @@ async fn tenants_do_not_see_each_other() {
     let store = open().await;
     let a = TenantId::parse("a").unwrap();
     let b = TenantId::parse("b").unwrap();
-    let run = create(&store, &a).await;
+    let run = create(&*store, &a).await;
     assert!(store.get_run(&b, &run.id).await.unwrap().is_none());
     assert!(
         store
@@ -187,7 +187,7 @@ async fn one_process_per_data_dir() {
 async fn a_cancel_for_a_dead_worker_reaches_the_one_that_recovers_the_run() {
     let store = open().await;
     let tenant = TenantId::default_tenant();
-    let run = create(&store, &tenant).await;
+    let run = create(&*store, &tenant).await;
     let a = store.claim_runs(claim("worker-a", -1)).await.unwrap();
     assert!(a[0].controls.is_empty());
 
