@@ -28,15 +28,6 @@ pub fn on_postgres() -> bool {
     std::env::var("AGENTD_TEST_STORE").is_ok_and(|v| v == "postgres")
 }
 
-/// For a test that checks something only the SQLite store has: true (and
-/// the reason printed, so the skip is visible) when running on PostgreSQL.
-pub fn skip_on_postgres(reason: &str) -> bool {
-    if on_postgres() {
-        eprintln!("skipped on PostgreSQL: {reason}");
-    }
-    on_postgres()
-}
-
 /// A schema of its own on the test server, so tests sharing one database
 /// stay apart (and parallel); dropped with its last user.
 pub struct PgSchema {

@@ -177,6 +177,48 @@ async fn kill_9_of_a_node_mid_run_its_runs_finish_on_the_others() {
     }
 }
 
+#[tokio::test]
+async fn a_key_revoked_on_one_node_closes_its_streams_on_another() {
+    let fake = FakeUpstream::start().await;
+    fake.behavior().set_tokens(400);
+    fake.behavior().set_delay(Duration::from_millis(20));
+    let schema = PgSchema::new();
+    let a = node(&fake, &schema, 4096).await;
+    let b = node(&fake, &schema, 4096).await;
+    let minted = a
+        .api()
+        .post(
+            "/v1/api-keys",
+            &serde_json::json!({"name": "k", "customer_id": "acme", "scopes": ["runs:read", "runs:write"]}),
+        )
+        .await;
+    assert_eq!(minted.status, 201, "{:?}", minted.body);
+    let id = minted.body["key_id"].as_str().unwrap().to_owned();
+    let key = minted.body["key"].as_str().unwrap().to_owned();
+    let api_a = a.api().with_token(&key);
+    let run = api_a.start_run("a long answer").await;
+    let mut stream = api_a
+        .sse(&format!("/v1/runs/{run}/events/stream"), &[])
+        .await;
+    stream
+        .until(|m| m.iter().any(|m| m.data["type"] == "step.progress"))
+        .await;
+
+    // Revoked through B: A closes the stream it serves.
+    let revoked = b
+        .api()
+        .on_tenant("acme")
+        .delete(&format!("/v1/api-keys/{id}"))
+        .await;
+    assert_eq!(revoked.status, 204, "{:?}", revoked.body);
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        while stream.next().await.is_some() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the revoked key's stream on A closed");
+    assert_eq!(api_a.get(&format!("/v1/runs/{run}")).await.status, 401);
+}
+
 impl Daemon {
     /// Runs this node's workers claimed, from `/metrics`.
     async fn get_metrics_worker_claims(&self) -> u64 {
