@@ -239,6 +239,7 @@ impl Engine {
             handle.cancel.cancel();
         }
         let run_id = claimed.run.id.clone();
+        let epoch = handle.epoch;
         inner
             .local
             .lock()
@@ -260,12 +261,13 @@ impl Engine {
                 deadline: std::sync::OnceLock::new(),
             };
             agent_loop::drive(ctx, claimed).await;
-            engine
-                .inner
-                .local
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&run_id);
+            let mut local = engine.inner.local.lock().unwrap_or_else(|e| e.into_inner());
+            // Only our own entry: if this process re-claimed the run (its
+            // lease had lapsed), the entry is the new attempt's.
+            if local.get(&run_id).is_some_and(|h| h.epoch == epoch) {
+                local.remove(&run_id);
+            }
+            drop(local);
             drop(permit);
         });
     }

@@ -7,6 +7,7 @@
 //! neither memory nor the run's progress.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use agentd_core::{Event, TenantId};
 use agentd_store::{HubMessage, Store, StoreError};
@@ -18,6 +19,10 @@ use tokio_util::sync::CancellationToken;
 const BUFFER: usize = 64;
 /// Events read from the store per page while catching up.
 const PAGE: u32 = 500;
+/// How long a follower waits for an unavailable store before it gives up
+/// (and the stream ends with an error event), and how often it tries.
+const STORE_WAIT: Duration = Duration::from_secs(60);
+const STORE_RETRY: Duration = Duration::from_millis(250);
 
 /// Events of `run_id` after `after_seq`, ending after the terminal event, when
 /// `stop` fires, or when the receiver is dropped.
@@ -101,6 +106,7 @@ impl Follower {
     }
 
     async fn catch_up(&mut self) -> Result<(), End> {
+        let mut waited = Duration::ZERO;
         loop {
             let page = self
                 .store
@@ -108,6 +114,15 @@ impl Follower {
                 .await;
             let page = match page {
                 Ok(p) => p,
+                // The database is away (a PostgreSQL restart): the stream
+                // stays open (keep-alives go on) and reads again, rather than
+                // ending on an error every reader would reconnect after.
+                Err(StoreError::Unavailable(e)) if waited < STORE_WAIT => {
+                    tracing::debug!(run = self.run_id, error = %e, "store unavailable; reading again shortly");
+                    tokio::time::sleep(STORE_RETRY).await;
+                    waited += STORE_RETRY;
+                    continue;
+                }
                 Err(e) => {
                     let _ = self.tx.send(Err(e)).await;
                     return Err(End::Gone);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use fake_upstream::FakeUpstream;
 
+use crate::nodes::node_config;
 use crate::support::*;
 
 /// A private PostgreSQL server in a temp dir, stopped when dropped.
@@ -170,18 +171,20 @@ async fn a_postgres_restart_mid_run_is_survived() {
     fake.behavior().set_delay(Duration::from_millis(25));
     let mut pg = tokio::task::spawn_blocking(Throwaway::init).await.unwrap();
     let schema = PgSchema::on(&pg.url());
-    let d = Daemon::start_on(&config_for(&fake), &[], Some(schema.clone())).await;
-    let api = d.api();
+    // A serves the API (and a reader) only; B executes the run.
+    let a = Daemon::start_on(&node_config(&fake, 0), &[], Some(schema.clone())).await;
+    let b = Daemon::start_on(&node_config(&fake, 4096), &[], Some(schema.clone())).await;
+    let api = a.api();
     let id = api.start_run("outlive the database").await;
     let mut s = api.sse(&format!("/v1/runs/{id}/events/stream"), &[]).await;
-    s.until(|seen| {
-        seen.iter()
-            .filter(|m| m.data["type"] == "step.progress")
-            .count()
-            >= 5
-    })
-    .await;
-    drop(s);
+    let before = s
+        .until(|seen| {
+            seen.iter()
+                .filter(|m| m.data["type"] == "step.progress")
+                .count()
+                >= 5
+        })
+        .await;
 
     let pg = tokio::task::spawn_blocking(move || {
         pg.stop();
@@ -226,7 +229,18 @@ async fn a_postgres_restart_mid_run_is_survived() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let all: Vec<Msg> = api
+    // The reader on A stayed connected throughout: its node's listener
+    // reconnected and sent it back to the store, so it saw every event once.
+    let rest: Vec<Msg> = s
+        .collect()
+        .await
+        .into_iter()
+        .inspect(|m| assert_ne!(m.event, "error", "{m:?}"))
+        .filter(|m| m.event == "run_event")
+        .collect();
+    let all: Vec<Msg> = before.into_iter().chain(rest).collect();
+    assert_gapless(&all, 1);
+    let fresh: Vec<Msg> = api
         .sse(&format!("/v1/runs/{id}/events/stream"), &[])
         .await
         .collect()
@@ -234,7 +248,11 @@ async fn a_postgres_restart_mid_run_is_survived() {
         .into_iter()
         .filter(|m| m.event == "run_event")
         .collect();
-    assert_gapless(&all, 1);
+    assert_eq!(
+        types(&fresh),
+        types(&all),
+        "a new reader reads the same log"
+    );
     assert_eq!(reconstruct(&all), FakeUpstream::expected_text(80));
     assert_eq!(run["output"]["text"], FakeUpstream::expected_text(80));
     assert!(
@@ -242,8 +260,8 @@ async fn a_postgres_restart_mid_run_is_survived() {
         "the interrupted attempt was recovered: {:?}",
         types(&all)
     );
-    // The daemon goes before its database does.
-    drop(d);
+    // The daemons go before their database does.
+    drop((a, b));
     drop(schema);
     tokio::task::spawn_blocking(move || pg.stop())
         .await
