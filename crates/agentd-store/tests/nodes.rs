@@ -1,6 +1,6 @@
 //! Two PostgreSQL store instances on one schema, as two nodes see it: claims
-//! never overlap, and one node's commits and key changes reach the other's
-//! hub through NOTIFY. Needs PostgreSQL (see `common`), so it always runs
+//! never overlap, one node's commits and key changes reach the other's hub
+//! through NOTIFY, and an idempotency key is honoured across nodes. Needs PostgreSQL (see `common`), so it always runs
 //! on it, whatever `AGENTD_TEST_STORE` says.
 
 use std::collections::HashSet;
@@ -148,4 +148,96 @@ async fn a_commit_on_one_node_reaches_readers_and_key_holders_on_another() {
         .expect("the revocation reached A")
         .unwrap();
     assert_eq!(heard, key.id);
+}
+
+/// A create under `key` whose answer names `run`.
+fn idempotent(key: &str, session: SessionTarget, run: Run) -> NewRun {
+    NewRun {
+        idempotency: Some(agentd_store::IdempotencyRecord {
+            route: "POST /v1/runs".into(),
+            key: key.into(),
+            fingerprint: "f1".into(),
+            status: 201,
+            body: json!({"id": run.id}),
+        }),
+        run,
+        session,
+        audit: None,
+    }
+}
+
+/// A queued run on a new session.
+fn fresh(tenant: &TenantId) -> (Run, SessionTarget) {
+    let run = Run::queued(
+        tenant.clone(),
+        new_id("ses"),
+        "a".into(),
+        "hi".into(),
+        now_millis(),
+    );
+    let session = SessionTarget::New(NewSession {
+        tenant_id: tenant.clone(),
+        id: run.session_id.clone(),
+        agent: "a".into(),
+        metadata: json!({}),
+        created_at: run.created_at,
+    });
+    (run, session)
+}
+
+#[tokio::test]
+async fn the_same_idempotent_create_on_two_nodes_at_once_makes_one_run() {
+    let schema = SchemaGuard(fresh_schema());
+    let a = open_pg(&schema.0).await;
+    let b = open_pg(&schema.0).await;
+    let tenant = TenantId::default_tenant();
+    for round in 0..20 {
+        let key = format!("key-{round}");
+        let (run_a, ses_a) = fresh(&tenant);
+        let (run_b, ses_b) = fresh(&tenant);
+        let (x, y) = tokio::join!(
+            a.create_run(idempotent(&key, ses_a, run_a)),
+            b.create_run(idempotent(&key, ses_b, run_b)),
+        );
+        let ids: Vec<String> = [x.unwrap(), y.unwrap()]
+            .into_iter()
+            .map(|o| match o {
+                CreateRunOutcome::Created(r) => r.id.clone(),
+                CreateRunOutcome::Replayed { body, .. } => body["id"].as_str().unwrap().into(),
+            })
+            .collect();
+        assert_eq!(ids[0], ids[1], "round {round}: both answers name one run");
+    }
+    let all = a
+        .list_runs(
+            &tenant,
+            agentd_store::RunFilter::default(),
+            agentd_store::PageRequest {
+                limit: 100,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 20, "one run per key");
+}
+
+#[tokio::test]
+async fn a_refused_idempotent_create_leaves_its_key_unused() {
+    let schema = SchemaGuard(fresh_schema());
+    let a = open_pg(&schema.0).await;
+    let tenant = TenantId::default_tenant();
+    let (run, _) = fresh(&tenant);
+    let missing = SessionTarget::Existing("ses_missing".into());
+    let refused = a
+        .create_run(idempotent("k", missing, run))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, agentd_store::StoreError::SessionNotFound));
+    let (run, session) = fresh(&tenant);
+    let id = run.id.clone();
+    match a.create_run(idempotent("k", session, run)).await.unwrap() {
+        CreateRunOutcome::Created(r) => assert_eq!(r.id, id),
+        other => panic!("the key was remembered for a refused request: {other:?}"),
+    }
 }

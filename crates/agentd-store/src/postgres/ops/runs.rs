@@ -31,9 +31,30 @@ pub(crate) fn create_run<'c>(
                 Some(Err(e)) => return Ok(Applied::value(Err(e))),
                 None => {}
             }
+            // Take the key before anything else. If another node is creating
+            // under the same key right now, this waits for its commit and
+            // inserts nothing; its answer is then replayed (or the body
+            // refused), instead of a second run failing its batch.
+            if !claim_key(c, &run.tenant_id, idem, now).await? {
+                let prior = prior_answer(
+                    c,
+                    &run.tenant_id,
+                    &idem.route,
+                    &idem.key,
+                    &idem.fingerprint,
+                    now,
+                )
+                .await?;
+                return Ok(Applied::value(match prior {
+                    Some(Ok((status, body))) => Ok(CreateRunOutcome::Replayed { status, body }),
+                    Some(Err(e)) => Err(e),
+                    // Unreachable in practice (the row exists); a retry decides.
+                    None => Err(StoreError::IdempotencyKeyReused),
+                }));
+            }
         }
 
-        match &new.session {
+        let refused = match &new.session {
             SessionTarget::Existing(id) => {
                 let found: Option<(i32,)> =
                     sqlx::query_as("SELECT 1 FROM sessions WHERE tenant_id = $1 AND id = $2")
@@ -41,15 +62,25 @@ pub(crate) fn create_run<'c>(
                         .bind(id)
                         .fetch_optional(&mut *c)
                         .await?;
-                if found.is_none() {
-                    return Ok(Applied::value(Err(StoreError::SessionNotFound)));
-                }
+                found.is_none().then_some(StoreError::SessionNotFound)
             }
             SessionTarget::New(s) => {
-                if !insert_session(c, s).await? {
-                    return Ok(Applied::value(Err(StoreError::SessionExists)));
-                }
+                (!insert_session(c, s).await?).then_some(StoreError::SessionExists)
             }
+        };
+        if let Some(refused) = refused {
+            // Nothing was created: the key must not remember an answer.
+            if let Some(idem) = &new.idempotency {
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND route = $2 AND key = $3",
+                )
+                .bind(run.tenant_id.as_str())
+                .bind(&idem.route)
+                .bind(&idem.key)
+                .execute(&mut *c)
+                .await?;
+            }
+            return Ok(Applied::value(Err(refused)));
         }
 
         let created = vec![
@@ -87,18 +118,6 @@ pub(crate) fn create_run<'c>(
         .await?;
         let events = insert_events(c, &run.tenant_id, &run.id, 0, &created, now).await?;
 
-        if let Some(idem) = &new.idempotency {
-            remember_answer(
-                c,
-                &run.tenant_id,
-                &idem.route,
-                &idem.key,
-                &idem.fingerprint,
-                (idem.status, &idem.body),
-                now,
-            )
-            .await?;
-        }
         if let Some(audit) = &new.audit {
             insert_audit(c, std::slice::from_ref(audit)).await?;
         }
@@ -263,6 +282,30 @@ pub(super) async fn prior_answer(
         .execute(&mut *c)
         .await?;
     Ok(None)
+}
+
+/// Records a new run's idempotency key with its answer; `false` when the
+/// key is already taken (committed meanwhile by another node).
+async fn claim_key(
+    c: &mut PgConnection,
+    tenant: &TenantId,
+    idem: &crate::IdempotencyRecord,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO idempotency_keys (tenant_id, route, key, fingerprint, status, body, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant.as_str())
+    .bind(&idem.route)
+    .bind(&idem.key)
+    .bind(&idem.fingerprint)
+    .bind(idem.status as i64)
+    .bind(idem.body.to_string())
+    .bind(now)
+    .execute(c)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Remembers the answer to an idempotent request, in its own transaction.
