@@ -241,3 +241,72 @@ async fn a_refused_idempotent_create_leaves_its_key_unused() {
         other => panic!("the key was remembered for a refused request: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn concurrent_plain_appends_are_fenced_and_numbered_per_run() {
+    let schema = SchemaGuard(fresh_schema());
+    let store: Arc<dyn Store> = Arc::new(open_pg(&schema.0).await);
+    let tenant = TenantId::default_tenant();
+    for _ in 0..40 {
+        create(&*store, &tenant).await;
+    }
+    let mut claimed = store
+        .claim_runs(ClaimRequest {
+            owner: Arc::from("w"),
+            max: 40,
+            lease_ms: 60_000,
+        })
+        .await
+        .unwrap();
+    // One run's lease lapses and another worker takes it: the old lease is stale.
+    let stolen = claimed.pop().unwrap();
+    store
+        .release_run("w", stolen.lease.run_id(), stolen.lease.epoch())
+        .await
+        .unwrap();
+    let taken = store
+        .claim_runs(ClaimRequest {
+            owner: Arc::from("other"),
+            max: 1,
+            lease_ms: 60_000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(taken[0].run.id, stolen.run.id);
+
+    let mut tasks = Vec::new();
+    for c in claimed.iter().cloned().chain([stolen.clone()]) {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            for i in 0..20 {
+                let delta = content_delta("s", 1, &format!("{i}"));
+                results.push(store.append(&c.lease, vec![delta], None).await);
+            }
+            (c.run.id, results)
+        }));
+    }
+    for task in tasks {
+        let (run, results) = task.await.unwrap();
+        let events = store.events_after(&tenant, &run, 0, 1000).await.unwrap();
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "gapless");
+        if run == stolen.run.id {
+            assert!(
+                results
+                    .iter()
+                    .all(|r| matches!(r, Err(agentd_store::StoreError::LeaseLost))),
+                "the stale lease wrote nothing"
+            );
+            assert_eq!(
+                events.len(),
+                4,
+                "created, queued, started, recovered-or-started"
+            );
+        } else {
+            let last: Vec<i64> = results.into_iter().map(|r| r.unwrap()).collect();
+            assert_eq!(last, (4..24).collect::<Vec<_>>(), "each append's last seq");
+            assert_eq!(events.len(), 23);
+        }
+    }
+}

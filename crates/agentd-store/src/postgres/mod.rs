@@ -18,6 +18,7 @@ mod batch;
 mod keys;
 mod notify;
 mod ops;
+mod plain;
 mod writer;
 
 use std::str::FromStr;
@@ -378,11 +379,13 @@ impl Store for PgStore {
         events: Vec<NewEvent>,
         update: Option<RunUpdate>,
     ) -> Result<i64, StoreError> {
-        let args = (lease.clone(), events, update);
-        if args.2.is_none() {
-            self.writer.submit_deferrable(ops::append, args).await?
-        } else {
-            self.writer.submit(ops::append, args).await?
+        match update {
+            None => self.writer.submit_plain(lease.clone(), events).await,
+            Some(update) => {
+                self.writer
+                    .submit(ops::append, (lease.clone(), events, Some(update)))
+                    .await?
+            }
         }
     }
 

@@ -8,6 +8,8 @@
 //! nodes write too), so it caches nothing about runs: every append is fenced
 //! by one conditional UPDATE of the run row.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
@@ -16,10 +18,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::batch::Ctx;
 use super::notify::Note;
-use crate::StoreError;
+use super::plain::{PlainJob, apply_group};
 use crate::hub::{EventHub, HubMessage};
 use crate::metrics::StoreMetrics;
-use agentd_core::Event;
+use crate::{Lease, StoreError};
+use agentd_core::{Event, NewEvent};
 
 /// Jobs in one transaction at most; bounds a batch's latency.
 const MAX_BATCH: usize = 1024;
@@ -57,10 +60,14 @@ pub(crate) type OpFn<A, R> =
     for<'c> fn(&'c mut PgConnection, &'c mut Ctx, &'c A) -> BoxFuture<'c, sqlx::Result<Applied<R>>>;
 
 #[async_trait]
-trait Job: Send {
+pub(crate) trait Job: Send {
     /// Plain appends may leave their rows to the batch's flush; everything
     /// else gets a flush first, so it reads the log as the appends left it.
     fn deferrable(&self) -> bool;
+    /// A plain append, which the writer groups with its neighbours.
+    fn plain(&mut self) -> Option<&mut PlainJob> {
+        None
+    }
     async fn apply(&mut self, conn: &mut PgConnection, ctx: &mut Ctx) -> sqlx::Result<()>;
     /// Adds what other nodes must hear about to the batch's notification.
     fn note(&self, note: &mut Note);
@@ -114,7 +121,7 @@ impl<A: Send + Sync, R: Send> Job for TypedJob<A, R> {
 
 /// This node's own readers and workers hear of a commit here; other nodes
 /// through the batch's NOTIFY.
-fn announce<R>(hub: &EventHub, applied: &Applied<R>) {
+pub(crate) fn announce<R>(hub: &EventHub, applied: &Applied<R>) {
     let mut rest = applied.events.as_slice();
     while let Some(first) = rest.first() {
         let n = rest.iter().take_while(|e| e.run_id == first.run_id).count();
@@ -163,13 +170,16 @@ impl Writer {
         self.enqueue(op, args, false).await
     }
 
-    /// For plain appends only: their event rows may wait for the flush.
-    pub async fn submit_deferrable<A, R>(&self, op: OpFn<A, R>, args: A) -> Result<R, StoreError>
-    where
-        A: Send + Sync + 'static,
-        R: Send + 'static,
-    {
-        self.enqueue(op, args, true).await
+    /// A plain append: grouped with the batch's other plain appends.
+    pub async fn submit_plain(
+        &self,
+        lease: Lease,
+        events: Vec<NewEvent>,
+    ) -> Result<i64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Box::new(PlainJob::new(lease, events, reply));
+        self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn enqueue<A, R>(
@@ -292,12 +302,40 @@ async fn apply_all(
 ) -> sqlx::Result<()> {
     let mut tx = conn.begin().await?;
     ctx.start(&mut tx).await?;
+    // Consecutive plain appends of distinct runs run as one group.
+    let mut group: Vec<&mut PlainJob> = Vec::new();
+    let mut runs: HashSet<String> = HashSet::new();
     for job in jobs.iter_mut() {
+        if job.plain().is_some() {
+            let run = job
+                .plain()
+                .map(|p| p.lease.run_id().to_owned())
+                .unwrap_or_default();
+            if runs.contains(&run) {
+                apply_group(&mut tx, ctx, &mut group).await?;
+                group.clear();
+                runs.clear();
+            }
+            runs.insert(run);
+            if let Some(p) = job.plain() {
+                group.push(p);
+            }
+            continue;
+        }
+        if !group.is_empty() {
+            apply_group(&mut tx, ctx, &mut group).await?;
+            group.clear();
+            runs.clear();
+        }
         if !job.deferrable() {
             ctx.flush(&mut tx).await?;
         }
         job.apply(&mut tx, ctx).await?;
     }
+    if !group.is_empty() {
+        apply_group(&mut tx, ctx, &mut group).await?;
+    }
+    drop(group);
     ctx.flush(&mut tx).await?;
     let mut note = Note::new(node);
     for job in jobs.iter() {

@@ -86,7 +86,12 @@ fn session_of(s: &NewSession) -> Session {
 }
 
 /// Gives `events` the seqs that follow `last_seq`: the one place seqs are made.
-fn number_events(run_id: &str, last_seq: i64, events: &[NewEvent], now: i64) -> Vec<Event> {
+pub(crate) fn number_events(
+    run_id: &str,
+    last_seq: i64,
+    events: &[NewEvent],
+    now: i64,
+) -> Vec<Event> {
     events
         .iter()
         .enumerate()
