@@ -44,6 +44,9 @@ pub(crate) fn restrict(proxy_port: Option<u16>) -> Result<(), String> {
         .map_err(e("scope"))?
         .create()
         .map_err(e("create"))?
+        // The root holds only the skeleton: listing it reveals nothing.
+        .add_rules(path_beneath_rules(["/"], AccessFs::ReadDir))
+        .map_err(e("root rule"))?
         .add_rules(path_beneath_rules(
             existing(&READ_ONLY),
             AccessFs::from_read(ABI_TARGET),

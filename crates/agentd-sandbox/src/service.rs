@@ -146,6 +146,14 @@ pub struct SandboxService {
     next_uid: AtomicU32,
 }
 
+impl std::fmt::Debug for SandboxService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxService")
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Default)]
 struct Sessions {
     by_id: BTreeMap<String, Arc<SandboxSession>>,

@@ -18,6 +18,7 @@ pub enum Resource {
     Session,
     Key,
     Route,
+    Sandbox,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,14 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error")]
     Internal(String),
+    /// This host cannot isolate code; nothing runs unconfined.
+    #[error("{0}")]
+    SandboxUnavailable(String),
+    /// Too many sandboxes are running in this process.
+    #[error("{0}")]
+    SandboxBusy(String),
+    #[error("the sandbox is still running; its result is not ready")]
+    SandboxRunning,
 }
 
 fn resource_name(r: Resource) -> &'static str {
@@ -85,6 +94,7 @@ fn resource_name(r: Resource) -> &'static str {
         Resource::Session => "session",
         Resource::Key => "API key",
         Resource::Route => "route",
+        Resource::Sandbox => "sandbox",
     }
 }
 
@@ -115,6 +125,10 @@ impl ApiError {
             }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::SandboxUnavailable(_) | ApiError::SandboxBusy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::SandboxRunning => StatusCode::CONFLICT,
         }
     }
 
@@ -145,6 +159,10 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             ApiError::Unavailable(_) => "SERVICE_UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
+            ApiError::NotFound(Resource::Sandbox) => "SANDBOX_NOT_FOUND",
+            ApiError::SandboxUnavailable(_) => "SANDBOX_UNAVAILABLE",
+            ApiError::SandboxBusy(_) => "SANDBOX_BUSY",
+            ApiError::SandboxRunning => "SANDBOX_RUNNING",
         }
     }
 }
