@@ -173,7 +173,7 @@ async fn decide(
     policy: &EgressPolicy,
     host: &str,
     port: u16,
-) -> Result<SocketAddr, EgressDecision> {
+) -> Result<Vec<SocketAddr>, EgressDecision> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if bare.parse::<IpAddr>().is_ok() {
         return Err(denied(
@@ -234,7 +234,17 @@ async fn decide(
             ));
         }
     }
-    Ok(addrs[0])
+    Ok(addrs)
+}
+
+/// The first checked address that answers.
+async fn connect_any(addrs: &[SocketAddr]) -> Option<TcpStream> {
+    for a in addrs {
+        if let Ok(Ok(s)) = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(a)).await {
+            return Some(s);
+        }
+    }
+    None
 }
 
 async fn handle(mut conn: TcpStream, policy: &EgressPolicy, observer: &dyn Observer) {
@@ -253,7 +263,7 @@ async fn handle(mut conn: TcpStream, policy: &EgressPolicy, observer: &dyn Obser
             return;
         }
     };
-    let addr = match decide(policy, &head.host, head.port).await {
+    let addrs = match decide(policy, &head.host, head.port).await {
         Ok(a) => a,
         Err(d) => {
             let body = format!("egress denied: {}\n", d.detail.clone().unwrap_or_default());
@@ -300,14 +310,14 @@ async fn handle(mut conn: TcpStream, policy: &EgressPolicy, observer: &dyn Obser
             }
         }
     }
-    let upstream = match tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        _ => {
+    let upstream = match connect_any(&addrs).await {
+        Some(s) => s,
+        None => {
             observer.egress(denied(
                 Some(&name),
                 Some(head.port),
                 "CONNECT_FAILED",
-                format!("{addr} did not answer"),
+                "no checked address answered",
             ));
             if !head.connect {
                 let _ = conn
@@ -321,7 +331,7 @@ async fn handle(mut conn: TcpStream, policy: &EgressPolicy, observer: &dyn Obser
         allowed: true,
         host: Some(name),
         port: Some(head.port),
-        address: Some(addr.ip().to_string()),
+        address: upstream.peer_addr().ok().map(|a| a.ip().to_string()),
         reason: None,
         detail: None,
     });

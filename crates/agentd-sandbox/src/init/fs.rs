@@ -205,5 +205,7 @@ fn build_dev(dev: &Path) -> Result<(), String> {
     }
     let shm = dev.join("shm");
     mkdir(&shm)?;
-    tmpfs(&shm, "size=1m,mode=1777")
+    tmpfs(&shm, "size=1m,mode=1777")?;
+    // Nothing new under /dev (the nodes themselves stay usable).
+    remount_ro(dev)
 }

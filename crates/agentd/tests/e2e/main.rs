@@ -7,6 +7,7 @@ mod cors;
 mod durability;
 mod keys;
 mod mcp;
+mod sandbox;
 mod startup;
 mod streaming;
 mod support;
