@@ -198,17 +198,22 @@ impl SandboxCgroup {
             .collect()
     }
 
-    /// SIGKILLs every process in the group until none is left (a fork bomb
-    /// may race the first pass; `pids.max` bounds how many passes it takes).
+    /// One pass: SIGKILLs every process now in the group; how many there were.
+    pub fn kill_pass(&self) -> usize {
+        let pids = self.pids();
+        for &pid in &pids {
+            // SAFETY: plain kill(2) on a pid read from our own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        pids.len()
+    }
+
+    /// Passes until none is left (a fork bomb may race the first pass;
+    /// `pids.max` bounds how many it takes). Blocking: sleeps between passes.
     pub fn kill_all(&self) {
         for _ in 0..100 {
-            let pids = self.pids();
-            if pids.is_empty() {
+            if self.kill_pass() == 0 {
                 return;
-            }
-            for pid in pids {
-                // SAFETY: plain kill(2) on a pid read from our own cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
         }

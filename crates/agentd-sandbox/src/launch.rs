@@ -260,12 +260,14 @@ impl Launcher {
         let mut tick = tokio::time::interval(POLL);
         let mut output_open = true;
         let mut status_open = true;
+        // The first reason wins; a pass kills what is there now, and every
+        // tick repeats it until the helper is gone.
         let kill = |outcome: &mut Outcome, reason: KillReason| {
             outcome.kill_reason.get_or_insert(reason);
-            let cg = cg.clone();
-            tokio::task::spawn_blocking(move || cg.kill_all());
+            cg.kill_pass();
         };
         let exit = loop {
+            let live = outcome.kill_reason.is_none();
             tokio::select! {
                 chunk = rx.recv(), if output_open => match chunk {
                     Some((stream, data)) => {
@@ -289,6 +291,10 @@ impl Launcher {
                     None => status_open = false,
                 },
                 _ = tick.tick() => {
+                    if !live {
+                        cg.kill_pass();
+                        continue;
+                    }
                     let usage = cg.usage();
                     if usage.cpu_nanos >= cpu_cap {
                         kill(&mut outcome, KillReason::CpuExceeded);
@@ -298,10 +304,10 @@ impl Launcher {
                         kill(&mut outcome, KillReason::PidsExceeded);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = tokio::time::sleep_until(deadline), if live => {
                     kill(&mut outcome, KillReason::WallClockExceeded);
                 }
-                _ = teardown.cancelled() => kill(&mut outcome, KillReason::TornDown),
+                _ = teardown.cancelled(), if live => kill(&mut outcome, KillReason::TornDown),
                 status = child.wait() => break status,
             }
         };

@@ -8,6 +8,7 @@ mod durability;
 mod keys;
 mod mcp;
 mod sandbox;
+mod sandbox_egress;
 mod startup;
 mod streaming;
 mod support;

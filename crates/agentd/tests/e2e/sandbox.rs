@@ -48,7 +48,11 @@ pub async fn run(api: &Api, body: Value) -> Ran {
         .await
         .collect()
         .await;
-    assert_eq!(frames.last().map(|m| m.event.as_str()), Some("end"), "{frames:?}");
+    assert_eq!(
+        frames.last().map(|m| m.event.as_str()),
+        Some("end"),
+        "{frames:?}"
+    );
     let result = api.get(&format!("/v1/sandboxes/{id}/result")).await;
     assert_eq!(result.status, 200, "{:?}", result.body);
     let audit = api.get(&format!("/v1/sandboxes/{id}/audit")).await;
@@ -63,7 +67,11 @@ pub async fn run(api: &Api, body: Value) -> Ran {
 }
 
 pub async fn python(api: &Api, code: &str, limits: Value) -> Ran {
-    run(api, json!({"code": code, "language": "python", "limits": limits})).await
+    run(
+        api,
+        json!({"code": code, "language": "python", "limits": limits}),
+    )
+    .await
 }
 
 async fn assert_healthy(api: &Api) {
@@ -101,7 +109,12 @@ async fn a_sandbox_streams_its_output_and_reports_a_structured_result() {
     assert_eq!(ran.frames[0].data["phase"], "pending");
     assert_eq!(
         ran.actions(),
-        ["session_created", "sandbox_started", "workload_exited", "result_collected"]
+        [
+            "session_created",
+            "sandbox_started",
+            "workload_exited",
+            "result_collected"
+        ]
     );
 
     // Bash, with the documented result helper; a result that is not JSON
@@ -113,9 +126,18 @@ async fn a_sandbox_streams_its_output_and_reports_a_structured_result() {
     .await;
     assert_eq!(bash.result["stdout"], "hi\n");
     assert_eq!(bash.reported(), &json!({"shell": true}));
-    let junk = run(&api, json!({"code": "echo '{not json' >&3", "language": "bash"})).await;
+    let junk = run(
+        &api,
+        json!({"code": "echo '{not json' >&3", "language": "bash"}),
+    )
+    .await;
     assert_eq!(junk.reported(), &Value::Null);
-    assert!(junk.result["result_error"].as_str().unwrap().contains("not JSON"));
+    assert!(
+        junk.result["result_error"]
+            .as_str()
+            .unwrap()
+            .contains("not JSON")
+    );
 
     // List, get, teardown.
     let list = api.get("/v1/sandboxes?limit=2").await;
@@ -139,9 +161,18 @@ async fn bad_requests_and_other_tenants_are_refused() {
     for (body, field) in [
         (json!({"code": "print(1)", "language": "ruby"}), "language"),
         (json!({"code": "", "language": "python"}), "code"),
-        (json!({"code": "1", "language": "python", "limits": {"memory_mb": 0}}), "memory_mb"),
-        (json!({"code": "1", "language": "python", "limits": {"pids": 1000000}}), "pids"),
-        (json!({"code": "1", "language": "python", "extra": 1}), "extra"),
+        (
+            json!({"code": "1", "language": "python", "limits": {"memory_mb": 0}}),
+            "memory_mb",
+        ),
+        (
+            json!({"code": "1", "language": "python", "limits": {"pids": 1000000}}),
+            "pids",
+        ),
+        (
+            json!({"code": "1", "language": "python", "extra": 1}),
+            "extra",
+        ),
         (
             json!({"code": "1", "language": "python", "egress": {"mode": "allow_list", "allow": ["10.0.0.1"]}}),
             "egress",
@@ -150,7 +181,11 @@ async fn bad_requests_and_other_tenants_are_refused() {
         let r = api.post("/v1/sandboxes", &body).await;
         assert_eq!(r.status, 400, "{body}: {:?}", r.body);
         assert_eq!(r.reason(), "INVALID_REQUEST");
-        assert!(r.body["error"].as_str().unwrap().contains(field), "{:?}", r.body);
+        assert!(
+            r.body["error"].as_str().unwrap().contains(field),
+            "{:?}",
+            r.body
+        );
     }
     assert_eq!(api.get("/v1/sandboxes").await.body["data"], json!([]));
 
@@ -162,7 +197,10 @@ async fn bad_requests_and_other_tenants_are_refused() {
         assert_eq!(r.status, 404);
         assert_eq!(r.reason(), "SANDBOX_NOT_FOUND");
     }
-    assert_eq!(other.delete(&format!("/v1/sandboxes/{id}")).await.status, 404);
+    assert_eq!(
+        other.delete(&format!("/v1/sandboxes/{id}")).await.status,
+        404
+    );
     assert_eq!(other.get("/v1/sandboxes").await.body["data"], json!([]));
 }
 
@@ -346,7 +384,13 @@ agentd.result(out)
     assert_eq!(fds["usable"], json!([]), "{fds}");
 
     let sys = runs[2].reported();
-    for name in ["ptrace_attach", "unshare_user", "unshare_net", "mount", "setns"] {
+    for name in [
+        "ptrace_attach",
+        "unshare_user",
+        "unshare_net",
+        "mount",
+        "setns",
+    ] {
         assert_eq!(sys[name][0], -1, "{name}: {sys}");
         assert_eq!(sys[name][1], 1, "{name} fails with EPERM: {sys}");
     }
@@ -375,13 +419,26 @@ agentd.result(out)
 async fn each_limit_kills_with_its_reason() {
     let d = Daemon::start_with_config("").await;
     let api = d.api();
-    let fork_bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n";
+    let fork_bomb =
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n";
     let runs = join_all([
         python(&api, fork_bomb, json!({"pids": 32, "wall_clock_secs": 30})),
         python(&api, "x = 'a' * (512 << 20)\n", json!({"memory_mb": 64})),
-        python(&api, "while True:\n    pass\n", json!({"cpu_secs": 1, "wall_clock_secs": 60})),
-        python(&api, "import time\ntime.sleep(60)\n", json!({"wall_clock_secs": 1})),
-        python(&api, "while True:\n    print('x' * 1000)\n", json!({"output_bytes": 10000})),
+        python(
+            &api,
+            "while True:\n    pass\n",
+            json!({"cpu_secs": 1, "wall_clock_secs": 60}),
+        ),
+        python(
+            &api,
+            "import time\ntime.sleep(60)\n",
+            json!({"wall_clock_secs": 1}),
+        ),
+        python(
+            &api,
+            "while True:\n    print('x' * 1000)\n",
+            json!({"output_bytes": 10000}),
+        ),
     ])
     .await;
     let expected = [
