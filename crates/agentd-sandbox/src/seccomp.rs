@@ -295,25 +295,25 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, String> {
 
 fn allow_list() -> Result<BpfProgram, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        PLAIN.iter().map(|&nr| (nr as i64, vec![])).collect();
+        PLAIN.iter().map(|&nr| (nr, vec![])).collect();
     rules.insert(
-        libc::SYS_clone as i64,
+        libc::SYS_clone,
         vec![rule(vec![cond(0, Op::MaskedEq(NS_FLAGS), 0)?])?],
     );
     let domains = [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6];
     rules.insert(
-        libc::SYS_socket as i64,
+        libc::SYS_socket,
         domains
             .iter()
             .map(|&d| rule(vec![cond(0, Op::Eq, d as u64)?]))
             .collect::<Result<_, _>>()?,
     );
     rules.insert(
-        libc::SYS_socketpair as i64,
+        libc::SYS_socketpair,
         vec![rule(vec![cond(0, Op::Eq, libc::AF_UNIX as u64)?])?],
     );
     rules.insert(
-        libc::SYS_ioctl as i64,
+        libc::SYS_ioctl,
         vec![rule(vec![
             SeccompCondition::new(1, Len::Dword, Op::Ne, libc::TIOCSTI)
                 .map_err(|e| e.to_string())?,
@@ -336,7 +336,7 @@ fn allow_list() -> Result<BpfProgram, String> {
 /// (which lists `clone3` only so that this answer, an error, takes
 /// precedence over its allow).
 fn clone3_fallback() -> Result<BpfProgram, String> {
-    let rules = BTreeMap::from([(libc::SYS_clone3 as i64, vec![])]);
+    let rules = BTreeMap::from([(libc::SYS_clone3, vec![])]);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
