@@ -159,9 +159,15 @@ async fn main() -> anyhow::Result<()> {
     }
     bare.sort();
     boxed.sort();
-    println!("cold start, {} rounds each, interleaved ({PROGRAM:?}):", args.rounds);
+    println!(
+        "cold start, {} rounds each, interleaved ({PROGRAM:?}):",
+        args.rounds
+    );
     println!("  {:<28} {:>9} {:>9}", "", "p50 ms", "p99 ms");
-    for (name, v) in [("bare python3 -c", &bare), ("sandbox create→result", &boxed)] {
+    for (name, v) in [
+        ("bare python3 -c", &bare),
+        ("sandbox create→result", &boxed),
+    ] {
         println!(
             "  {name:<28} {:>9.1} {:>9.1}",
             ms(percentile(v, 0.5)),

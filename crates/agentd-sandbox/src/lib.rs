@@ -17,6 +17,7 @@ pub mod egress;
 pub mod init;
 pub mod landlock_rules;
 pub mod launch;
+mod runner;
 pub mod seccomp;
 pub mod service;
 pub mod session;

@@ -294,8 +294,7 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, String> {
 }
 
 fn allow_list() -> Result<BpfProgram, String> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        PLAIN.iter().map(|&nr| (nr, vec![])).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = PLAIN.iter().map(|&nr| (nr, vec![])).collect();
     rules.insert(
         libc::SYS_clone,
         vec![rule(vec![cond(0, Op::MaskedEq(NS_FLAGS), 0)?])?],
