@@ -18,6 +18,7 @@ pub enum Resource {
     Session,
     Key,
     Route,
+    Sandbox,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,14 @@ pub enum ApiError {
     /// request changed nothing and may be retried. The detail is logged only.
     #[error("the store is unavailable; retry shortly")]
     StoreUnavailable(String),
+    /// This host cannot isolate code; nothing runs unconfined.
+    #[error("{0}")]
+    SandboxUnavailable(String),
+    /// Too many sandboxes are running in this process.
+    #[error("{0}")]
+    SandboxBusy(String),
+    #[error("the sandbox is still running; its result is not ready")]
+    SandboxRunning,
 }
 
 fn resource_name(r: Resource) -> &'static str {
@@ -89,6 +98,7 @@ fn resource_name(r: Resource) -> &'static str {
         Resource::Session => "session",
         Resource::Key => "API key",
         Resource::Route => "route",
+        Resource::Sandbox => "sandbox",
     }
 }
 
@@ -120,6 +130,10 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::SandboxUnavailable(_) | ApiError::SandboxBusy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::SandboxRunning => StatusCode::CONFLICT,
         }
     }
 
@@ -151,6 +165,10 @@ impl ApiError {
             ApiError::Unavailable(_) => "SERVICE_UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
             ApiError::StoreUnavailable(_) => "STORE_UNAVAILABLE",
+            ApiError::NotFound(Resource::Sandbox) => "SANDBOX_NOT_FOUND",
+            ApiError::SandboxUnavailable(_) => "SANDBOX_UNAVAILABLE",
+            ApiError::SandboxBusy(_) => "SANDBOX_BUSY",
+            ApiError::SandboxRunning => "SANDBOX_RUNNING",
         }
     }
 }

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub use auth::{AdminToken, AuthConfig, FailureLimit, StaticKeys, TrustedProxies};
 pub use routes::chat::state::ChatStateKey;
 pub use routes::router;
+pub use routes::sandboxes::SandboxApi;
 
 /// What the server needs to know beyond its state handles.
 #[derive(Clone)]
@@ -70,6 +71,8 @@ struct StateInner {
     /// Open streams by key, closed when their key is revoked or rotated.
     key_streams: Arc<auth::KeyStreams>,
     failures: auth::FailureLimiter,
+    /// The sandbox service and its egress ceiling; set once at start-up.
+    sandboxes: std::sync::OnceLock<SandboxApi>,
 }
 
 impl AppState {
@@ -99,6 +102,7 @@ impl AppState {
                 streams,
                 key_streams,
                 failures: auth::FailureLimiter::new(config.auth.failure_limit),
+                sandboxes: std::sync::OnceLock::new(),
                 config,
             }),
         }
@@ -142,6 +146,15 @@ impl AppState {
 
     pub(crate) fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::Relaxed)
+    }
+
+    /// Serves `/v1/sandboxes` with this service (once, at start-up).
+    pub fn set_sandboxes(&self, api: SandboxApi) {
+        let _ = self.inner.sandboxes.set(api);
+    }
+
+    pub(crate) fn sandboxes(&self) -> Option<&SandboxApi> {
+        self.inner.sandboxes.get()
     }
 
     /// Begins shutdown: not ready any more, and every open stream ends.

@@ -4,6 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::routes::sandboxes;
 use crate::routes::{agents, audit, chat, health, keys, metrics, runs, sessions, signals, streams};
 
 #[derive(OpenApi)]
@@ -18,6 +19,8 @@ use crate::routes::{agents, audit, chat, health, keys, metrics, runs, sessions, 
         keys::create, keys::list, keys::revoke, keys::rotate,
         audit::list,
         chat::chat, chat::ws::ws_chat,
+        sandboxes::create, sandboxes::list, sandboxes::get, sandboxes::result,
+        sandboxes::audit, sandboxes::stream, sandboxes::delete,
     ),
     components(schemas(crate::error::ErrorEnvelope, agentd_core::event::EventPayload)),
     modifiers(&BearerAuth),

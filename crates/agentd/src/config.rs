@@ -73,6 +73,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub egress: EgressSection,
     #[serde(default)]
+    pub sandbox: SandboxSection,
+    #[serde(default)]
     pub models: IndexMap<String, ModelSpec>,
     #[serde(default)]
     pub agents: IndexMap<String, AgentSpec>,
@@ -133,6 +135,19 @@ pub struct EgressSection {
     pub allowed_ports: Vec<u16>,
 }
 
+/// `[sandbox]`: code execution (DESIGN §6, docs/sandbox.md).
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSection {
+    /// The ceiling of hosts an API-created sandbox's `allow_list` may name
+    /// (`api.example.com`, `*.example.com`); empty: none. `run_code` uses
+    /// its agent's `egress` list instead.
+    #[serde(default)]
+    pub egress_allow: Vec<String>,
+    /// Sandboxes running at once in this process.
+    pub max_running: Option<usize>,
+}
+
 /// `[chat]`: the chat surface of seed 002.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
@@ -172,6 +187,7 @@ pub struct Settings {
     pub models: IndexMap<String, ModelSpec>,
     pub agents: IndexMap<String, AgentSpec>,
     pub mcp: IndexMap<String, McpServerSpec>,
+    pub sandbox: SandboxSection,
 }
 
 const DEFAULT_CONFIG: &str = "agentd.toml";
@@ -229,6 +245,7 @@ impl Settings {
             models,
             agents,
             mcp: file.mcp,
+            sandbox: file.sandbox,
         })
     }
 }

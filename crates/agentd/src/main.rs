@@ -3,6 +3,7 @@
 
 mod config;
 mod keys_cli;
+mod sandbox;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,13 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The sandbox helper: before anything else starts (no runtime, no threads).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == agentd_sandbox::INIT_SUBCOMMAND)
+    {
+        agentd_sandbox::init_main();
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -46,7 +46,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("invalid [egress] allow_cidrs")?,
         allowed_ports: settings.egress.allowed_ports.clone(),
     };
-    let tools = Arc::new(ToolRegistry::new(egress, settings.mcp.clone())?);
+    let tools = Arc::new(ToolRegistry::new(egress.clone(), settings.mcp.clone())?);
     let mcp_servers: Vec<&str> = tools.mcp_servers().collect();
     let catalog = AgentCatalog::new(&settings.models, &settings.agents, &mcp_servers)?;
     for agent in catalog.iter() {
@@ -98,6 +98,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (Arc::new(store), "sqlite")
         }
     };
+    let sandboxes = crate::sandbox::start(&settings, store.clone(), &egress).await?;
+    tools.set_sandbox(sandboxes.service.clone());
 
     let mut engine_config = EngineConfig::new(agentd_core::new_id("wkr"));
     let w = &settings.worker;
@@ -127,6 +129,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
         },
     );
+    state.set_sandboxes(sandboxes);
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await
         .with_context(|| format!("cannot listen on {}", settings.addr))?;

@@ -9,6 +9,7 @@
 pub mod builtin;
 pub mod http_fetch;
 pub mod mcp;
+pub mod run_code;
 
 use std::sync::Arc;
 
@@ -25,7 +26,12 @@ use crate::agents::{AgentSnapshot, ApprovalPolicy};
 use crate::models::ToolSpec;
 
 /// Tool names an agent may list, beside MCP servers (`mcp:NAME`).
-pub const BUILTIN_TOOLS: [&str; 3] = [builtin::ASK_USER, "current_time", "http_fetch"];
+pub const BUILTIN_TOOLS: [&str; 4] = [
+    builtin::ASK_USER,
+    "current_time",
+    "http_fetch",
+    run_code::RunCode::NAME,
+];
 
 /// What a call knows of its run.
 #[derive(Clone, Debug)]
@@ -81,6 +87,8 @@ pub struct ToolRegistry {
     /// Address blocks and ports the operator opens to `http_fetch`.
     egress: OperatorEgress,
     mcp: IndexMap<String, Arc<McpServer>>,
+    /// The sandbox `run_code` runs in; set once the store is open.
+    sandbox: std::sync::OnceLock<Arc<agentd_sandbox::SandboxService>>,
 }
 
 /// Why a run's tools could not be set up; the run fails with `reason_code`.
@@ -115,12 +123,25 @@ impl ToolRegistry {
             .iter()
             .map(|(name, spec)| Ok((name.clone(), Arc::new(McpServer::new(name, spec)?))))
             .collect::<Result<_, McpConfigError>>()?;
-        Ok(ToolRegistry { egress, mcp })
+        Ok(ToolRegistry {
+            egress,
+            mcp,
+            sandbox: Default::default(),
+        })
+    }
+
+    /// Gives `run_code` its sandbox service (once, at start-up).
+    pub fn set_sandbox(&self, service: Arc<agentd_sandbox::SandboxService>) {
+        let _ = self.sandbox.set(service);
     }
 
     /// Checks what can be checked before any run: each agent's egress table.
     pub fn validate(&self, agent: &AgentSnapshot) -> Result<(), ToolSetupError> {
-        if agent.tools.iter().any(|t| t == HttpFetch::NAME) {
+        if agent
+            .tools
+            .iter()
+            .any(|t| t == HttpFetch::NAME || t == run_code::RunCode::NAME)
+        {
             HttpFetchPolicy::from_egress(agent.egress.as_ref(), &self.egress)
                 .map_err(|e| ToolSetupError::config(HttpFetch::NAME, e.to_string()))?;
         }
@@ -137,6 +158,16 @@ impl ToolRegistry {
                 builtin::ASK_USER => asks_user = true,
                 "current_time" => {
                     tools.insert(name.clone(), Arc::new(builtin::CurrentTime));
+                }
+                run_code::RunCode::NAME => {
+                    let service = self.sandbox.get().cloned().ok_or_else(|| ToolSetupError {
+                        tool: name.clone(),
+                        message: "no sandbox is available in this process".into(),
+                        reason_code: "SANDBOX_UNAVAILABLE",
+                    })?;
+                    let tool = run_code::RunCode::new(service, agent.egress.as_ref(), &self.egress)
+                        .map_err(|e| ToolSetupError::config(name, e.to_string()))?;
+                    tools.insert(name.clone(), Arc::new(tool));
                 }
                 HttpFetch::NAME => {
                     let policy = HttpFetchPolicy::from_egress(agent.egress.as_ref(), &self.egress)

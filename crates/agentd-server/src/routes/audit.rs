@@ -37,7 +37,7 @@ pub struct AuditView {
 }
 
 impl AuditView {
-    fn of(a: &AuditRecord) -> Self {
+    pub(crate) fn of(a: &AuditRecord) -> Self {
         AuditView {
             id: a.id.clone(),
             timestamp: to_rfc3339(a.created_at),

@@ -11,11 +11,15 @@ use crate::AppState;
 #[utoipa::path(get, path = "/health", tag = "health",
     responses((status = 200, description = "The process is up", body = Object)))]
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
+    let sandbox = match state.sandboxes() {
+        Some(api) => serde_json::to_value(api.service.health()).unwrap_or_default(),
+        None => json!({"backend": "none", "healthy": false}),
+    };
     Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "store": state.config().store_kind,
-        "sandbox": {"backend": "none", "healthy": false},
+        "sandbox": sandbox,
     }))
 }
 

@@ -7,6 +7,7 @@ pub(crate) mod health;
 pub(crate) mod keys;
 pub(crate) mod metrics;
 pub(crate) mod runs;
+pub mod sandboxes;
 pub(crate) mod sessions;
 pub(crate) mod signals;
 pub(crate) mod streams;
@@ -46,7 +47,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api-keys", post(keys::create).get(keys::list))
         .route("/api-keys/{key_id}", delete(keys::revoke))
         .route("/api-keys/{key_id}/rotate", post(keys::rotate))
-        .route("/audit", get(audit::list));
+        .route("/audit", get(audit::list))
+        .route("/sandboxes", post(sandboxes::create).get(sandboxes::list))
+        .route(
+            "/sandboxes/{id}",
+            get(sandboxes::get).delete(sandboxes::delete),
+        )
+        .route("/sandboxes/{id}/result", get(sandboxes::result))
+        .route("/sandboxes/{id}/audit", get(sandboxes::audit))
+        .route("/sandboxes/{id}/stream", get(sandboxes::stream));
     Router::new()
         .route("/health", get(health::health))
         .route("/health/ready", get(health::ready))

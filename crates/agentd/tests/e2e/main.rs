@@ -7,6 +7,8 @@ mod cors;
 mod durability;
 mod keys;
 mod mcp;
+mod sandbox;
+mod sandbox_egress;
 mod startup;
 mod streaming;
 mod support;

@@ -1,0 +1,414 @@
+//! The daemon's side of one execution: make the cgroup, start the helper
+//! (`agentd __sandbox-init`) with its descriptors, feed it the config, then
+//! watch: output bytes, CPU, pids, OOM and the wall clock, killing the whole
+//! group with a reason when a limit is crossed. Returns what happened.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::cgroup::{CgroupLimits, CgroupParent, SandboxCgroup, Usage};
+use crate::egress::{EgressDecision, EgressPolicy};
+use crate::init::{CTL_FD, INIT_SUBCOMMAND, InitConfig, RESULT_FD, STATUS_FD, Status};
+use crate::spec::{Language, Limits};
+
+/// Largest result accepted from inside; more is refused as invalid.
+pub const MAX_RESULT_BYTES: usize = 1 << 20;
+/// How often the cgroup counters are read.
+const POLL: Duration = Duration::from_millis(20);
+/// The loopback port the proxy listens on inside an allow-list sandbox.
+pub const PROXY_PORT: u16 = 3128;
+
+/// Why the daemon killed a sandbox (DESIGN §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KillReason {
+    CpuExceeded,
+    MemoryExceeded,
+    WallClockExceeded,
+    PidsExceeded,
+    OutputExceeded,
+    /// Torn down (DELETE) while running.
+    TornDown,
+}
+
+impl KillReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillReason::CpuExceeded => "cpu_exceeded",
+            KillReason::MemoryExceeded => "memory_exceeded",
+            KillReason::WallClockExceeded => "wall_clock_exceeded",
+            KillReason::PidsExceeded => "pids_exceeded",
+            KillReason::OutputExceeded => "output_exceeded",
+            KillReason::TornDown => "torn_down",
+        }
+    }
+}
+
+/// Which of the workload's streams a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Told of progress while a sandbox runs (frames and audit live here).
+pub trait Observer: Send + Sync + 'static {
+    /// The interpreter was exec'd inside the sandbox.
+    fn started(&self);
+    /// A chunk of output, already cut to the output cap.
+    fn output(&self, stream: Stream, data: &[u8]);
+    /// The egress proxy allowed or refused a connection.
+    fn egress(&self, decision: EgressDecision);
+}
+
+/// One execution to perform.
+pub struct LaunchSpec {
+    /// The cgroup directory name (the sandbox id).
+    pub name: String,
+    pub language: Language,
+    pub code: String,
+    pub limits: Limits,
+    /// The unprivileged host uid the sandbox's user maps to.
+    pub host_uid: u32,
+    /// Allow-list egress; `None` is deny_all (an empty netns).
+    pub egress: Option<Arc<EgressPolicy>>,
+}
+
+/// How an execution ended.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub kill_reason: Option<KillReason>,
+    /// Setup failed before the caller's code ran.
+    pub setup_error: Option<String>,
+    /// The raw bytes written to the result descriptor (untrusted).
+    pub result: Vec<u8>,
+    /// More than [`MAX_RESULT_BYTES`] was written.
+    pub result_overflow: bool,
+    pub usage: Usage,
+    pub duration: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("starting the sandbox helper: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Where the helper binary is and where sandboxes' cgroups go.
+#[derive(Clone, Debug)]
+pub struct Launcher {
+    /// The daemon's own executable, re-run as `agentd __sandbox-init`.
+    pub exe: PathBuf,
+    pub cgroups: CgroupParent,
+}
+
+/// Fired to kill a running sandbox (DELETE, a cancelled run).
+pub type Teardown = tokio_util::sync::CancellationToken;
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// Moves `fds` (source, target) into place in the forked child. Only
+/// async-signal-safe calls: fcntl and dup2.
+fn place_fds(fds: &[(RawFd, RawFd)]) -> std::io::Result<()> {
+    let mut moved = [0 as RawFd; 3];
+    for (i, (src, _)) in fds.iter().enumerate() {
+        // SAFETY: fcntl on descriptors this process owns.
+        let tmp = unsafe { libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 64) };
+        if tmp < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        moved[i] = tmp;
+    }
+    for (i, (_, target)) in fds.iter().enumerate() {
+        // SAFETY: dup2 clears close-on-exec on the target, as intended.
+        if unsafe { libc::dup2(moved[i], *target) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+async fn read_chunks<R: AsyncRead + Unpin>(
+    mut r: R,
+    stream: Stream,
+    tx: mpsc::Sender<(Stream, Vec<u8>)>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 || tx.send((stream, buf[..n].to_vec())).await.is_err() {
+            break;
+        }
+    }
+}
+
+impl Launcher {
+    /// Runs one sandbox to its end. `teardown` kills it early.
+    pub async fn run(
+        &self,
+        spec: LaunchSpec,
+        observer: Arc<dyn Observer>,
+        teardown: Teardown,
+    ) -> Result<Outcome, LaunchError> {
+        let started = Instant::now();
+        let cg = self.cgroups.create(
+            &spec.name,
+            &CgroupLimits {
+                memory_bytes: spec.limits.memory_mb << 20,
+                pids: spec.limits.pids,
+            },
+        )?;
+        let cg = Arc::new(cg);
+        let spawn = |e| LaunchError::Spawn(e);
+        let (result_r, result_w) = pipe().map_err(spawn)?;
+        let (status_r, status_w) = pipe().map_err(spawn)?;
+        let ctl = match spec.egress {
+            Some(_) => Some(
+                nix::sys::socket::socketpair(
+                    nix::sys::socket::AddressFamily::Unix,
+                    nix::sys::socket::SockType::Stream,
+                    None,
+                    nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(|e| spawn(e.into()))?,
+            ),
+            None => None,
+        };
+        let mut fds = vec![
+            (result_w.as_raw_fd(), RESULT_FD),
+            (status_w.as_raw_fd(), STATUS_FD),
+        ];
+        if let Some((_, theirs)) = &ctl {
+            fds.push((theirs.as_raw_fd(), CTL_FD));
+        }
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg(INIT_SUBCOMMAND)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: place_fds only calls async-signal-safe functions.
+        unsafe {
+            cmd.as_std_mut().pre_exec(move || place_fds(&fds));
+        }
+        let mut child = cmd.spawn().map_err(spawn)?;
+        drop((result_w, status_w));
+        let ours = ctl.map(|(ours, theirs)| {
+            drop(theirs);
+            ours
+        });
+        let pid = child.id().unwrap_or(0);
+        if let Err(e) = cg.add(pid) {
+            let _ = child.kill().await;
+            return Err(e.into());
+        }
+        let config = InitConfig {
+            language: spec.language,
+            code: spec.code,
+            host_uid: spec.host_uid,
+            disk_bytes: spec.limits.disk_mb << 20,
+            proxy_port: spec.egress.as_ref().map(|_| PROXY_PORT),
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            let bytes = serde_json::to_vec(&config).unwrap_or_default();
+            // A helper that died early shows up in its status; nothing to do here.
+            let _ = stdin.write_all(&bytes).await;
+        }
+
+        let (tx, mut rx) = mpsc::channel(64);
+        let out = child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(read_chunks(s, Stream::Stdout, tx.clone())));
+        let err = child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(read_chunks(s, Stream::Stderr, tx.clone())));
+        drop(tx);
+        let result_task = tokio::spawn(read_result(result_r));
+        let (status_tx, mut status_rx) = mpsc::channel(4);
+        tokio::spawn(read_status(status_r, status_tx));
+        let proxy = match (ours, spec.egress.clone()) {
+            (Some(ctl), Some(policy)) => Some(tokio::spawn(crate::egress::proxy::serve(
+                ctl,
+                policy,
+                observer.clone(),
+            ))),
+            _ => None,
+        };
+
+        let mut outcome = Outcome::default();
+        let mut written: u64 = 0;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(spec.limits.wall_clock_secs);
+        let cpu_cap = spec.limits.cpu_secs.saturating_mul(1_000_000_000);
+        let mut tick = tokio::time::interval(POLL);
+        let mut output_open = true;
+        let mut status_open = true;
+        // The first reason wins; a pass kills what is there now, and every
+        // tick repeats it until the helper is gone.
+        let kill = |outcome: &mut Outcome, reason: KillReason| {
+            outcome.kill_reason.get_or_insert(reason);
+            cg.kill_pass();
+        };
+        let exit = loop {
+            let live = outcome.kill_reason.is_none();
+            tokio::select! {
+                chunk = rx.recv(), if output_open => match chunk {
+                    Some((stream, data)) => {
+                        let room = spec.limits.output_bytes.saturating_sub(written);
+                        let take = (data.len() as u64).min(room) as usize;
+                        written += take as u64;
+                        if take > 0 {
+                            observer.output(stream, &data[..take]);
+                        }
+                        if take < data.len() {
+                            kill(&mut outcome, KillReason::OutputExceeded);
+                        }
+                    }
+                    None => output_open = false,
+                },
+                status = status_rx.recv(), if status_open => match status {
+                    Some(Status::Started) => observer.started(),
+                    Some(Status::SetupError { message }) => outcome.setup_error = Some(message),
+                    Some(Status::Exited { code }) => outcome.exit_code = Some(code),
+                    Some(Status::Signaled { signal }) => outcome.signal = Some(signal),
+                    None => status_open = false,
+                },
+                _ = tick.tick() => {
+                    if !live {
+                        cg.kill_pass();
+                        continue;
+                    }
+                    let usage = cg.usage();
+                    if usage.cpu_nanos >= cpu_cap {
+                        kill(&mut outcome, KillReason::CpuExceeded);
+                    } else if usage.oom_killed {
+                        kill(&mut outcome, KillReason::MemoryExceeded);
+                    } else if usage.pids_hit {
+                        kill(&mut outcome, KillReason::PidsExceeded);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if live => {
+                    kill(&mut outcome, KillReason::WallClockExceeded);
+                }
+                _ = teardown.cancelled(), if live => kill(&mut outcome, KillReason::TornDown),
+                status = child.wait() => break status,
+            }
+        };
+        // pid 1 inside is gone, so its namespace is too; sweep stragglers anyway.
+        let cg2 = cg.clone();
+        let _ = tokio::task::spawn_blocking(move || cg2.kill_all()).await;
+        // Drain what the workload wrote before it ended.
+        while let Ok(Some((stream, data))) =
+            tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+        {
+            let room = spec.limits.output_bytes.saturating_sub(written);
+            let take = (data.len() as u64).min(room) as usize;
+            written += take as u64;
+            if take > 0 {
+                observer.output(stream, &data[..take]);
+            }
+            if take < data.len() {
+                outcome
+                    .kill_reason
+                    .get_or_insert(KillReason::OutputExceeded);
+            }
+        }
+        while let Ok(Some(s)) =
+            tokio::time::timeout(Duration::from_millis(200), status_rx.recv()).await
+        {
+            match s {
+                Status::Started => observer.started(),
+                Status::SetupError { message } => outcome.setup_error = Some(message),
+                Status::Exited { code } => outcome.exit_code = Some(code),
+                Status::Signaled { signal } => outcome.signal = Some(signal),
+            }
+        }
+        for t in [out, err].into_iter().flatten() {
+            t.abort();
+        }
+        if let Some(p) = proxy {
+            p.abort();
+        }
+        if outcome.exit_code.is_none() && outcome.signal.is_none() && outcome.setup_error.is_none()
+        {
+            // The helper itself was killed (teardown, a limit): report its status.
+            if let Ok(s) = exit {
+                use std::os::unix::process::ExitStatusExt;
+                outcome.exit_code = s.code();
+                outcome.signal = s.signal();
+            }
+        }
+        if let Ok(Ok((bytes, overflow))) =
+            tokio::time::timeout(Duration::from_millis(500), result_task).await
+        {
+            outcome.result = bytes;
+            outcome.result_overflow = overflow;
+        }
+        outcome.usage = cg.usage();
+        if outcome.kill_reason.is_none() && outcome.setup_error.is_none() {
+            if outcome.usage.oom_killed {
+                outcome.kill_reason = Some(KillReason::MemoryExceeded);
+            } else if outcome.usage.pids_hit {
+                outcome.kill_reason = Some(KillReason::PidsExceeded);
+            } else if outcome.usage.cpu_nanos >= cpu_cap {
+                outcome.kill_reason = Some(KillReason::CpuExceeded);
+            }
+        }
+        outcome.duration = started.elapsed();
+        Ok(outcome)
+    }
+}
+
+async fn read_result(fd: OwnedFd) -> (Vec<u8>, bool) {
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return (Vec::new(), false);
+    };
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut overflow = false;
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        if data.len() + n > MAX_RESULT_BYTES {
+            overflow = true;
+            continue;
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+    (data, overflow)
+}
+
+async fn read_status(fd: OwnedFd, tx: mpsc::Sender<Status>) {
+    let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    let mut lines = BufReader::new(pipe.take(64 * 1024)).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Ok(s) = serde_json::from_str::<Status>(&line)
+            && tx.send(s).await.is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// Holds the cgroup until every user is done (the type exists for `Drop`).
+pub type SharedCgroup = Arc<SandboxCgroup>;

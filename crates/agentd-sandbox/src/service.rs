@@ -1,0 +1,399 @@
+//! The front door: checks a request, builds its egress policy, keeps the
+//! sessions, runs each one on a task, writes the audit trail through the
+//! host's [`AuditSink`], and reports whether this host can isolate at all.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentd_core::ids::new_id;
+use agentd_core::time::now_millis;
+use agentd_core::{AuditAction, AuditOutcome, AuditRecord, TenantId};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::egress::{AddrCheck, DEFAULT_PORTS, EgressPolicy, HostRule, intersect};
+use crate::launch::{LaunchSpec, Launcher};
+use crate::runner::{Auditor, audit_record, probe, run, write_audit};
+use crate::session::{EgressView, Phase, SandboxSession, SessionInfo};
+use crate::spec::{Language, LimitPolicy, LimitsRequest, SpecError, check_code};
+
+/// Writes audit records (the store, in the daemon).
+pub trait AuditSink: Send + Sync + 'static {
+    fn record(&self, records: Vec<AuditRecord>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// Who created a sandbox; copied onto each of its audit entries.
+#[derive(Clone, Debug)]
+pub struct AuditOrigin {
+    pub tenant: TenantId,
+    pub actor: String,
+    pub actor_id: Option<String>,
+    pub client_ip: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// A single audit entry, as the service hands it over.
+pub type AuditEntry = AuditRecord;
+
+/// Request `egress` (seed 004): `{mode: "deny_all" | "allow_list", allow: [...]}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRequest {
+    pub mode: EgressMode,
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressMode {
+    #[default]
+    DenyAll,
+    AllowList,
+}
+
+/// The operator's side of egress for one sandbox: which hosts may ever be
+/// listed (the tenant's or the agent's ceiling) and the address blocks and
+/// ports beyond the defaults.
+#[derive(Clone)]
+pub struct EgressCeiling {
+    pub hosts: Vec<HostRule>,
+    /// Empty: [`DEFAULT_PORTS`].
+    pub ports: Vec<u16>,
+    pub check_addr: AddrCheck,
+}
+
+/// One creation.
+pub struct CreateRequest {
+    pub code: String,
+    pub language: Language,
+    pub limits: LimitsRequest,
+    pub egress: EgressRequest,
+    pub labels: BTreeMap<String, String>,
+    pub origin: AuditOrigin,
+    /// The ceiling for this request: the operator's `[sandbox]` list for
+    /// API callers, the agent's egress list for `run_code`.
+    pub ceiling: EgressCeiling,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error(transparent)]
+    Invalid(#[from] SpecError),
+    /// This host cannot isolate; nothing ever runs unconfined.
+    #[error("sandboxing is unavailable on this host: {0}")]
+    Unavailable(String),
+    #[error("too many sandboxes are running ({0}); retry later")]
+    Busy(usize),
+}
+
+/// The operator's `[sandbox]` settings.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    pub limits: LimitPolicy,
+    /// The daemon's executable (re-run as the helper).
+    pub exe: PathBuf,
+    /// Sandboxes running at once in this process.
+    pub max_running: usize,
+    /// Finished sessions kept for reading (oldest dropped first).
+    pub max_retained: usize,
+    pub egress_max_bytes: u64,
+    pub egress_max_secs: u64,
+    pub egress_max_connections: u32,
+}
+
+impl SandboxConfig {
+    pub fn new(exe: PathBuf) -> Self {
+        SandboxConfig {
+            limits: LimitPolicy::default(),
+            exe,
+            max_running: 64,
+            max_retained: 1000,
+            egress_max_bytes: 16 << 20,
+            egress_max_secs: 60,
+            egress_max_connections: 64,
+        }
+    }
+}
+
+/// `/health`'s `sandbox` object.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Health {
+    pub backend: &'static str,
+    pub healthy: bool,
+    /// Why not, when unhealthy.
+    pub reason: Option<String>,
+}
+
+/// The backend's name in `/health`.
+pub const BACKEND: &str = "linux-namespaces";
+/// Host uids handed to sandboxes: `BASE + n`, owning nothing on the host.
+pub(crate) const HOST_UID_BASE: u32 = 1_000_000;
+pub(crate) const HOST_UID_SPAN: u32 = 1_000_000;
+
+pub struct SandboxService {
+    config: SandboxConfig,
+    launcher: Option<Launcher>,
+    health: Health,
+    audit: Arc<dyn AuditSink>,
+    sessions: Mutex<Sessions>,
+    next_uid: AtomicU32,
+}
+
+impl std::fmt::Debug for SandboxService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxService")
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_id: BTreeMap<String, Arc<SandboxSession>>,
+    /// Ids in creation order, for dropping the oldest.
+    order: VecDeque<String>,
+}
+
+impl SandboxService {
+    /// Sets up cgroups and runs a probe sandbox; the answer is `/health`'s.
+    pub async fn start(config: SandboxConfig, audit: Arc<dyn AuditSink>) -> Arc<Self> {
+        let (launcher, health) = match probe(&config).await {
+            Ok(l) => (
+                Some(l),
+                Health {
+                    backend: BACKEND,
+                    healthy: true,
+                    reason: None,
+                },
+            ),
+            Err(reason) => {
+                tracing::warn!(%reason, "sandboxing is unavailable; sandbox creation will fail");
+                (
+                    None,
+                    Health {
+                        backend: BACKEND,
+                        healthy: false,
+                        reason: Some(reason),
+                    },
+                )
+            }
+        };
+        let seed = std::process::id().wrapping_mul(7919) % HOST_UID_SPAN;
+        Arc::new(SandboxService {
+            config,
+            launcher,
+            health,
+            audit,
+            sessions: Mutex::default(),
+            next_uid: AtomicU32::new(seed),
+        })
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks and starts one sandbox; returns at once with the session.
+    pub async fn create(&self, req: CreateRequest) -> Result<Arc<SandboxSession>, CreateError> {
+        check_code(&req.code)?;
+        let limits = self.config.limits.resolve(&req.limits)?;
+        check_labels(&req.labels)?;
+        let launcher = self.launcher.clone().ok_or_else(|| {
+            CreateError::Unavailable(self.health.reason.clone().unwrap_or_default())
+        })?;
+        let (policy, egress_view) = self.egress_policy(&req.egress, &req.ceiling)?;
+        let running = self
+            .lock()
+            .by_id
+            .values()
+            .filter(|s| !s.phase().is_finished())
+            .count();
+        if running >= self.config.max_running {
+            return Err(CreateError::Busy(running));
+        }
+        let info = SessionInfo {
+            id: new_id("sbx"),
+            tenant: req.origin.tenant.clone(),
+            language: req.language,
+            limits: limits.clone(),
+            egress: egress_view,
+            labels: req.labels,
+            created_at: now_millis(),
+        };
+        let session = Arc::new(SandboxSession::new(info));
+        self.insert(session.clone());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let auditor = Auditor {
+            origin: req.origin,
+            session: session.clone(),
+            tx,
+        };
+        auditor.entry(
+            AuditAction::SessionCreated,
+            AuditOutcome::Success,
+            json!({"language": req.language.as_str(), "limits": limits, "egress": session.info.egress}),
+        );
+        // The creation entry is durable before the client hears of the session.
+        let writer = tokio::spawn(write_audit(self.audit.clone(), rx));
+        let spec = LaunchSpec {
+            name: session.info.id.clone(),
+            language: req.language,
+            code: req.code,
+            limits,
+            host_uid: HOST_UID_BASE + self.next_uid.fetch_add(1, Ordering::Relaxed) % HOST_UID_SPAN,
+            egress: policy,
+        };
+        let observer = Arc::new(auditor);
+        tokio::spawn(run(launcher, spec, observer, writer));
+        Ok(session)
+    }
+
+    fn egress_policy(
+        &self,
+        req: &EgressRequest,
+        ceiling: &EgressCeiling,
+    ) -> Result<(Option<Arc<EgressPolicy>>, EgressView), SpecError> {
+        if req.mode == EgressMode::DenyAll {
+            if !req.allow.is_empty() {
+                return Err(SpecError::Egress(
+                    "mode \"deny_all\" cannot have an allow list".into(),
+                ));
+            }
+            let view = EgressView {
+                mode: "deny_all",
+                allow: vec![],
+                dropped: vec![],
+            };
+            return Ok((None, view));
+        }
+        let mut asked = Vec::new();
+        for (i, entry) in req.allow.iter().enumerate() {
+            let rule = HostRule::parse(entry).ok_or_else(|| {
+                SpecError::Egress(format!("allow[{i}] = {entry:?} is not a host name or *.domain (IP addresses are refused)"))
+            })?;
+            asked.push(rule);
+        }
+        if asked.is_empty() {
+            return Err(SpecError::Egress(
+                "mode \"allow_list\" needs at least one host".into(),
+            ));
+        }
+        let (kept, dropped) = intersect(&asked, &ceiling.hosts);
+        let view = EgressView {
+            mode: "allow_list",
+            allow: kept.iter().map(HostRule::to_entry).collect(),
+            dropped: dropped.iter().map(HostRule::to_entry).collect(),
+        };
+        let ports = if ceiling.ports.is_empty() {
+            DEFAULT_PORTS.to_vec()
+        } else {
+            ceiling.ports.clone()
+        };
+        let policy = EgressPolicy {
+            hosts: kept,
+            ports,
+            check_addr: ceiling.check_addr.clone(),
+            max_bytes_per_connection: self.config.egress_max_bytes,
+            max_connection_time: Duration::from_secs(self.config.egress_max_secs),
+            max_connections: self.config.egress_max_connections,
+        };
+        Ok((Some(Arc::new(policy)), view))
+    }
+
+    fn insert(&self, session: Arc<SandboxSession>) {
+        let mut s = self.lock();
+        s.order.push_back(session.info.id.clone());
+        s.by_id.insert(session.info.id.clone(), session);
+        // Drop the oldest finished sessions beyond the cap.
+        while s.order.len() > self.config.max_retained {
+            let Some(pos) = s
+                .order
+                .iter()
+                .position(|id| s.by_id.get(id).is_none_or(|x| x.phase().is_finished()))
+            else {
+                break;
+            };
+            if let Some(id) = s.order.remove(pos) {
+                s.by_id.remove(&id);
+            }
+        }
+    }
+
+    /// The tenant's session, or `None` (missing and foreign look alike).
+    pub fn get(&self, tenant: &TenantId, id: &str) -> Option<Arc<SandboxSession>> {
+        self.lock()
+            .by_id
+            .get(id)
+            .filter(|s| &s.info.tenant == tenant)
+            .cloned()
+    }
+
+    /// The tenant's sessions, newest first, after the cursor id.
+    pub fn list(
+        &self,
+        tenant: &TenantId,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Vec<Arc<SandboxSession>> {
+        let s = self.lock();
+        s.by_id
+            .values()
+            .rev()
+            .filter(|x| &x.info.tenant == tenant)
+            .filter(|x| before.is_none_or(|b| x.info.id.as_str() < b))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Kills a running session and waits for it to end, then marks it torn down.
+    pub async fn teardown(&self, session: &Arc<SandboxSession>, origin: AuditOrigin) {
+        session.teardown.cancel();
+        let mut rx = session.subscribe();
+        loop {
+            if session.frames_from(0).1 {
+                break;
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        if session.phase() == Phase::TornDown {
+            return;
+        }
+        session.set_phase(Phase::TornDown, None);
+        let record = audit_record(
+            &origin,
+            &session.info.id,
+            AuditAction::SessionTornDown,
+            AuditOutcome::Success,
+            json!({}),
+        );
+        self.audit.record(vec![record]).await;
+    }
+}
+
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    if labels.len() > 32 {
+        return Err(SpecError::Labels("at most 32 labels".into()));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > 64 || v.len() > 256 {
+            return Err(SpecError::Labels(format!(
+                "label {k:?}: keys 1–64 bytes, values up to 256"
+            )));
+        }
+    }
+    Ok(())
+}
