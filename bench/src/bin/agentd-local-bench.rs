@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         None => {
             let source = fetch::builtin(DEFAULT_MODEL).expect("the built-in model");
             let options = FetchOptions::from_env();
-            fetch::ensure(&reqwest::Client::new(), &source, &options, &|_, _| {})
+            fetch::ensure(&fetch::http_client()?, &source, &options, &|_, _| {})
                 .await
                 .context("cannot fetch the built-in model")?
         }

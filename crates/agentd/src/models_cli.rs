@@ -2,7 +2,6 @@
 //! `serve` needs (docs/models.md).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use agentd_engine::models::local::LocalModels;
 use agentd_engine::models::local::fetch::{self, BUILTIN_MODELS, DEFAULT_MODEL, FetchOptions};
@@ -73,9 +72,7 @@ async fn pull_model(args: PullArgs) -> anyhow::Result<()> {
         }
         bar.set_position(done);
     };
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(30))
-        .build()?;
+    let http = fetch::http_client()?;
     let path = fetch::ensure(&http, &source, &options, &progress)
         .await
         .with_context(|| format!("cannot pull {}", source.name))?;

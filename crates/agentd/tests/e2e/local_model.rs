@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 
 use crate::support::{Api, Daemon, reconstruct, types};
 
+/// The zero-configuration model, as `/health/ready` names it.
+const MODEL: &str = "smollm2-135m-instruct";
+
 /// Waits for `/health/ready`: the model downloads (first time on a machine)
 /// and loads in the background.
 async fn wait_ready(api: &Api) -> Value {
@@ -23,7 +26,7 @@ async fn wait_ready(api: &Api) -> Value {
         if r.status == 200 {
             return r.body;
         }
-        if r.body["checks"]["models"]["default"]["state"] == "failed" {
+        if r.body["checks"]["models"][MODEL]["state"] == "failed" {
             panic!("the local model failed to load: {:?}", r.body);
         }
         last = r.body;
@@ -92,7 +95,7 @@ async fn readme_first_command_answers_with_the_local_model_deterministically() {
     let info = api.get("/api/info").await;
     assert_eq!(info.body["agent"], "assistant");
     let ready = wait_ready(&api).await;
-    assert_eq!(ready["checks"]["models"]["default"]["state"], "ready");
+    assert_eq!(ready["checks"]["models"][MODEL]["state"], "ready");
 
     let query = "What is the capital of France? Answer in one short sentence.";
     let (first, deltas, run) = run_streamed(&api, query).await;
@@ -179,7 +182,7 @@ async fn a_tampered_download_is_refused_by_its_checksum() {
     for _ in 0..200 {
         let r = api.get("/health/ready").await;
         assert_eq!(r.status, 503, "never ready with a bad model");
-        state = r.body["checks"]["models"]["default"].clone();
+        state = r.body["checks"]["models"][MODEL].clone();
         if state["state"] == "failed" {
             break;
         }

