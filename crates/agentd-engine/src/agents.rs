@@ -40,6 +40,17 @@ pub struct ModelSpec {
     /// Unset means no thinking is asked for; other providers ignore it.
     #[serde(default)]
     pub thinking_budget_tokens: Option<u32>,
+    /// `local` only: a GGUF (or the model's PyPI wheel) on disk, used
+    /// instead of the download, so a machine without network still works.
+    #[serde(default)]
+    pub model_path: Option<std::path::PathBuf>,
+    /// `local` only: nucleus sampling; unset means the model's default.
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// `local` only: the sampler's seed, so the same prompt gives the same
+    /// answer (every generation starts from it).
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 /// One `[agents.NAME]` table.
@@ -166,17 +177,15 @@ impl AgentCatalog {
                 Provider::Openai => {}
                 // Anthropic's own endpoint is the default base.
                 Provider::Anthropic => {}
-                other => {
-                    return Err(CatalogError::UnsupportedProvider(
-                        agent.model.clone(),
-                        other,
-                    ));
-                }
+                Provider::Local => {}
             }
             let invalid = |message: String| CatalogError::InvalidAgent {
                 agent: name.clone(),
                 message,
             };
+            if model.provider == Provider::Local {
+                crate::models::local::check_spec(model, &agent.tools).map_err(invalid)?;
+            }
             if let Some(budget) = model.thinking_budget_tokens {
                 // Anthropic's own rules for extended thinking, checked here
                 // rather than refused by the API on every run.

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::agent_loop;
 use crate::appender::Appender;
+use crate::models::local::LocalModels;
 use crate::scrub::Scrubber;
 use crate::tools::ToolRegistry;
 
@@ -34,6 +35,8 @@ pub struct EngineConfig {
     pub scrubber: Arc<Scrubber>,
     /// The operator's tools; each run gets its agent's set.
     pub tools: Arc<ToolRegistry>,
+    /// The in-process models of `provider = "local"`, loaded once and shared.
+    pub local_models: LocalModels,
 }
 
 impl EngineConfig {
@@ -46,6 +49,7 @@ impl EngineConfig {
             poll_ms: 1_000,
             scrubber: Arc::new(Scrubber::none()),
             tools: Arc::new(ToolRegistry::default()),
+            local_models: LocalModels::default(),
         }
     }
 }
@@ -124,6 +128,11 @@ impl Engine {
             .background
             .spawn(engine.clone().listen_controls());
         engine
+    }
+
+    /// The in-process models (for `/health/ready`).
+    pub fn local_models(&self) -> &LocalModels {
+        &self.inner.config.local_models
     }
 
     /// Runs driven by this process right now.
@@ -258,6 +267,7 @@ impl Engine {
                 ),
                 scrubber: engine.inner.config.scrubber.clone(),
                 tools: engine.inner.config.tools.clone(),
+                local_models: engine.inner.config.local_models.clone(),
                 deadline: std::sync::OnceLock::new(),
             };
             agent_loop::drive(ctx, claimed).await;

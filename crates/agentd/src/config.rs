@@ -325,18 +325,22 @@ fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
     toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
 }
 
-/// With nothing configured: OpenAI's API with the key in `OPENAI_API_KEY`.
+/// With nothing configured: the built-in local model (docs/models.md), so
+/// agentd works with no key and no network beyond the first download.
 fn default_model() -> ModelSpec {
     ModelSpec {
-        provider: Provider::Openai,
-        base_url: Some("https://api.openai.com/v1".into()),
-        model: "gpt-4o-mini".into(),
-        api_key_env: Some("OPENAI_API_KEY".into()),
+        provider: Provider::Local,
+        base_url: None,
+        model: agentd_engine::models::local::fetch::DEFAULT_MODEL.into(),
+        api_key_env: None,
         max_retries: 2,
         retry_backoff_ms: 500,
         idle_timeout_secs: 120,
         temperature: None,
         thinking_budget_tokens: None,
+        model_path: None,
+        top_p: None,
+        seed: None,
     }
 }
 

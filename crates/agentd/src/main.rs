@@ -3,6 +3,7 @@
 
 mod config;
 mod keys_cli;
+mod models_cli;
 mod sandbox;
 mod serve;
 
@@ -25,6 +26,8 @@ enum Command {
     Serve(config::ServeArgs),
     /// Create, list and revoke API keys on a running daemon.
     Keys(keys_cli::KeysArgs),
+    /// Fetch the built-in local models ahead of time.
+    Models(models_cli::ModelsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +52,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve::serve(args)),
         Command::Keys(args) => runtime.block_on(keys_cli::run(args)),
+        Command::Models(args) => runtime.block_on(models_cli::run(args)),
     }
 }

@@ -111,6 +111,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     engine_config.poll_ms = w.poll_ms.unwrap_or(engine_config.poll_ms);
     engine_config.scrubber = scrubber.clone();
     engine_config.tools = tools;
+    // In the background: serve answers while the model downloads and loads.
+    engine_config.local_models = crate::models_cli::start_local_models(&catalog);
     let engine = Engine::start(store.clone(), engine_config);
 
     let state = AppState::new(

@@ -34,6 +34,8 @@ pub(crate) struct RunContext {
     pub appender: Appender,
     pub scrubber: Arc<Scrubber>,
     pub tools: Arc<ToolRegistry>,
+    /// The in-process models (`provider = "local"`), shared by every run.
+    pub local_models: crate::models::local::LocalModels,
     /// When the run's `timeout_secs` of running time ends; set once its
     /// progress is known.
     pub deadline: OnceLock<Instant>,

@@ -120,7 +120,12 @@ async fn stream_once(
     attempt: u32,
 ) -> Result<Result<(AssistantTurn, Usage), ModelError>, Stop> {
     let mut stream = match ctx
-        .guard(models::stream(&ctx.http, &agent.model, request))
+        .guard(models::stream(
+            &ctx.http,
+            &ctx.local_models,
+            &agent.model,
+            request,
+        ))
         .await?
     {
         Ok(s) => s,

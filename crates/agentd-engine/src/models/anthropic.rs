@@ -127,6 +127,9 @@ mod tests {
             idle_timeout_secs: 5,
             temperature: None,
             thinking_budget_tokens: None,
+            model_path: None,
+            top_p: None,
+            seed: None,
         }
     }
 

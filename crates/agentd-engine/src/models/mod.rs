@@ -2,6 +2,7 @@
 //! of [`ModelDelta`]s comes out, and failures say whether a retry may help.
 
 pub mod anthropic;
+pub mod local;
 pub mod openai;
 
 use std::pin::Pin;
@@ -215,18 +216,13 @@ pub type DeltaStream = Pin<Box<dyn Stream<Item = Result<ModelDelta, ModelError>>
 /// Starts one streaming model call.
 pub async fn stream(
     http: &reqwest::Client,
+    local: &local::LocalModels,
     spec: &ModelSpec,
     request: &ModelRequest,
 ) -> Result<DeltaStream, ModelError> {
     match spec.provider {
         Provider::Openai => openai::stream(http, spec, request).await,
         Provider::Anthropic => anthropic::stream(http, spec, request).await,
-        Provider::Local => Err(ModelError::Fatal {
-            reason_code: "PROVIDER_UNAVAILABLE",
-            message: format!(
-                "provider {:?} is not available in this build",
-                spec.provider
-            ),
-        }),
+        Provider::Local => local.stream(spec, request).await,
     }
 }

@@ -24,6 +24,9 @@ pub fn spec(provider: Provider, base_url: String) -> ModelSpec {
         idle_timeout_secs: 5,
         temperature: None,
         thinking_budget_tokens: None,
+        model_path: None,
+        top_p: None,
+        seed: None,
     }
 }
 
@@ -33,7 +36,8 @@ pub async fn collect(
     request: &ModelRequest,
 ) -> (Vec<ModelDelta>, Option<ModelError>) {
     let http = reqwest::Client::new();
-    let mut stream = match models::stream(&http, spec, request).await {
+    let local = models::local::LocalModels::default();
+    let mut stream = match models::stream(&http, &local, spec, request).await {
         Ok(s) => s,
         Err(e) => return (Vec::new(), Some(e)),
     };

@@ -6,6 +6,7 @@ mod chat;
 mod cors;
 mod durability;
 mod keys;
+mod local_model;
 mod mcp;
 mod sandbox;
 mod sandbox_egress;

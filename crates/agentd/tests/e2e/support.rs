@@ -86,6 +86,9 @@ pub struct Daemon {
     /// On PostgreSQL: the schema it keeps its state in (shared by the nodes
     /// of a multi-node test), kept across restarts.
     pub schema: Option<std::sync::Arc<PgSchema>>,
+    /// README's first command: no config file, no admin token, the data dir
+    /// defaulted inside `dir` (the working directory).
+    bare: bool,
 }
 
 /// The config every test daemon gets: the fake upstream, quick retries, and
@@ -142,12 +145,50 @@ impl Daemon {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             schema,
+            bare: false,
         };
         d.spawn().await;
         d
     }
 
+    /// `agentd serve` in an empty directory, as README's first command runs
+    /// it (only the port is ephemeral); the admin token is the generated one.
+    pub async fn start_unconfigured(env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon {
+            url: String::new(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+            http: reqwest::Client::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            bare: true,
+        };
+        d.spawn().await;
+        d
+    }
+
+    /// The admin token of an unconfigured daemon, as it printed where.
+    pub fn generated_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(".agentd/admin-token"))
+            .expect("the generated admin token")
+    }
+
     fn command(&self) -> Command {
+        if self.bare {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentd"));
+            cmd.arg("serve")
+                .arg("--addr")
+                .arg("127.0.0.1:0")
+                .current_dir(self.dir.path())
+                .env_remove("AGENTD_ADMIN_TOKEN")
+                .env("RUST_LOG", "warn")
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            return cmd;
+        }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentd"));
         cmd.arg("serve")
             .arg("--addr")
