@@ -163,6 +163,9 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            // README's first command runs on the embedded store, whatever
+            // store the rest of the suite is on.
+            schema: None,
             bare: true,
         };
         d.spawn().await;
