@@ -79,7 +79,6 @@ pub(crate) trait Job: Send {
 struct TypedJob<A, R> {
     args: A,
     op: OpFn<A, R>,
-    deferrable: bool,
     applied: Option<Applied<R>>,
     reply: oneshot::Sender<Result<R, StoreError>>,
 }
@@ -87,7 +86,7 @@ struct TypedJob<A, R> {
 #[async_trait]
 impl<A: Send + Sync, R: Send> Job for TypedJob<A, R> {
     fn deferrable(&self) -> bool {
-        self.deferrable
+        false
     }
 
     async fn apply(&mut self, conn: &mut PgConnection, ctx: &mut Ctx) -> sqlx::Result<()> {
@@ -167,7 +166,7 @@ impl Writer {
         A: Send + Sync + 'static,
         R: Send + 'static,
     {
-        self.enqueue(op, args, false).await
+        self.enqueue(op, args).await
     }
 
     /// A plain append: grouped with the batch's other plain appends.
@@ -182,12 +181,7 @@ impl Writer {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn enqueue<A, R>(
-        &self,
-        op: OpFn<A, R>,
-        args: A,
-        deferrable: bool,
-    ) -> Result<R, StoreError>
+    async fn enqueue<A, R>(&self, op: OpFn<A, R>, args: A) -> Result<R, StoreError>
     where
         A: Send + Sync + 'static,
         R: Send + 'static,
@@ -196,7 +190,6 @@ impl Writer {
         let job = Box::new(TypedJob {
             args,
             op,
-            deferrable,
             applied: None,
             reply,
         });
