@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::cgroup::{CgroupLimits, CgroupParent, SandboxCgroup, Usage};
+use crate::cgroup::{CgroupLimits, CgroupParent, Usage};
 use crate::egress::{EgressDecision, EgressPolicy};
 use crate::init::{CTL_FD, INIT_SUBCOMMAND, InitConfig, RESULT_FD, STATUS_FD, Status};
 use crate::spec::{Language, Limits};
@@ -416,6 +416,3 @@ async fn read_status(fd: OwnedFd, tx: mpsc::Sender<Status>) {
         }
     }
 }
-
-/// Holds the cgroup until every user is done (the type exists for `Drop`).
-pub type SharedCgroup = Arc<SandboxCgroup>;
