@@ -40,9 +40,13 @@ pub async fn serve(ctl: OwnedFd, policy: Arc<EgressPolicy>, observer: Arc<dyn Ob
         return;
     };
     let opened = Arc::new(AtomicU32::new(0));
+    // Owned here, so aborting this task (the sandbox ended) ends every
+    // connection it opened too.
+    let mut connections = tokio::task::JoinSet::new();
     while let Ok((conn, _)) = listener.accept().await {
+        while connections.try_join_next().is_some() {}
         let (policy, observer, opened) = (policy.clone(), observer.clone(), opened.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if opened.fetch_add(1, Ordering::SeqCst) >= policy.max_connections {
                 let d = denied(None, None, "CONNECTION_LIMIT", "too many connections");
                 observer.egress(d);
