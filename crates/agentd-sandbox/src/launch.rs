@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::cgroup::{CgroupLimits, CgroupParent, SandboxCgroup, Usage};
+use crate::cgroup::{CgroupLimits, CgroupParent, Usage};
 use crate::egress::{EgressDecision, EgressPolicy};
 use crate::init::{CTL_FD, INIT_SUBCOMMAND, InitConfig, RESULT_FD, STATUS_FD, Status};
 use crate::spec::{Language, Limits};
@@ -173,6 +173,7 @@ impl Launcher {
             },
         )?;
         let cg = Arc::new(cg);
+        tracing::debug!(sandbox = %spec.name, us = started.elapsed().as_micros() as u64, "cgroup ready");
         let spawn = |e| LaunchError::Spawn(e);
         let (result_r, result_w) = pipe().map_err(spawn)?;
         let (status_r, status_w) = pipe().map_err(spawn)?;
@@ -213,6 +214,7 @@ impl Launcher {
             ours
         });
         let pid = child.id().unwrap_or(0);
+        tracing::debug!(sandbox = %spec.name, us = started.elapsed().as_micros() as u64, "helper spawned");
         if let Err(e) = cg.add(pid) {
             let _ = child.kill().await;
             return Err(e.into());
@@ -284,7 +286,10 @@ impl Launcher {
                     None => output_open = false,
                 },
                 status = status_rx.recv(), if status_open => match status {
-                    Some(Status::Started) => observer.started(),
+                    Some(Status::Started) => {
+                        tracing::debug!(sandbox = %spec.name, us = started.elapsed().as_micros() as u64, "workload started");
+                        observer.started();
+                    }
                     Some(Status::SetupError { message }) => outcome.setup_error = Some(message),
                     Some(Status::Exited { code }) => outcome.exit_code = Some(code),
                     Some(Status::Signaled { signal }) => outcome.signal = Some(signal),
@@ -311,6 +316,7 @@ impl Launcher {
                 status = child.wait() => break status,
             }
         };
+        tracing::debug!(sandbox = %spec.name, us = started.elapsed().as_micros() as u64, "helper exited");
         // pid 1 inside is gone, so its namespace is too; sweep stragglers anyway.
         let cg2 = cg.clone();
         let _ = tokio::task::spawn_blocking(move || cg2.kill_all()).await;
@@ -372,6 +378,7 @@ impl Launcher {
             }
         }
         outcome.duration = started.elapsed();
+        tracing::debug!(sandbox = %spec.name, us = outcome.duration.as_micros() as u64, "outcome ready");
         Ok(outcome)
     }
 }
@@ -409,6 +416,3 @@ async fn read_status(fd: OwnedFd, tx: mpsc::Sender<Status>) {
         }
     }
 }
-
-/// Holds the cgroup until every user is done (the type exists for `Drop`).
-pub type SharedCgroup = Arc<SandboxCgroup>;

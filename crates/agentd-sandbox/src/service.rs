@@ -244,7 +244,8 @@ impl SandboxService {
             AuditOutcome::Success,
             json!({"language": req.language.as_str(), "limits": limits, "egress": session.info.egress}),
         );
-        // The creation entry is durable before the client hears of the session.
+        // One writer per session keeps its entries in order; all are durable
+        // before the stream says `end`.
         let writer = tokio::spawn(write_audit(self.audit.clone(), rx));
         let spec = LaunchSpec {
             name: session.info.id.clone(),
@@ -396,4 +397,58 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), SpecError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    struct NoAudit;
+
+    impl AuditSink for NoAudit {
+        fn record(&self, _: Vec<AuditRecord>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            Box::pin(async {})
+        }
+    }
+
+    /// Where the probe cannot run a sandbox, health says so and creation is
+    /// refused with the reason: nothing runs unconfined.
+    #[tokio::test]
+    async fn an_unusable_backend_refuses_creation() {
+        let config = SandboxConfig::new(PathBuf::from("/nonexistent/agentd"));
+        let service = SandboxService::start(config, Arc::new(NoAudit)).await;
+        let health = service.health();
+        assert!(!health.healthy);
+        assert!(health.reason.as_deref().is_some_and(|r| !r.is_empty()));
+        let err = service
+            .create(CreateRequest {
+                code: "print(1)".into(),
+                language: Language::Python,
+                limits: LimitsRequest::default(),
+                egress: EgressRequest::default(),
+                labels: BTreeMap::new(),
+                origin: AuditOrigin {
+                    tenant: TenantId::default_tenant(),
+                    actor: "test".into(),
+                    actor_id: None,
+                    client_ip: None,
+                    request_id: None,
+                },
+                ceiling: EgressCeiling {
+                    hosts: vec![],
+                    ports: vec![],
+                    check_addr: Arc::new(|_| Ok(())),
+                },
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CreateError::Unavailable(_)), "{err}");
+        assert!(
+            service
+                .list(&TenantId::default_tenant(), None, 10)
+                .is_empty()
+        );
+    }
 }

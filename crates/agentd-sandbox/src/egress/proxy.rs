@@ -40,9 +40,13 @@ pub async fn serve(ctl: OwnedFd, policy: Arc<EgressPolicy>, observer: Arc<dyn Ob
         return;
     };
     let opened = Arc::new(AtomicU32::new(0));
+    // Owned here, so aborting this task (the sandbox ended) ends every
+    // connection it opened too.
+    let mut connections = tokio::task::JoinSet::new();
     while let Ok((conn, _)) = listener.accept().await {
+        while connections.try_join_next().is_some() {}
         let (policy, observer, opened) = (policy.clone(), observer.clone(), opened.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if opened.fetch_add(1, Ordering::SeqCst) >= policy.max_connections {
                 let d = denied(None, None, "CONNECTION_LIMIT", "too many connections");
                 observer.egress(d);
@@ -152,13 +156,17 @@ fn parse_head(head: &[u8], rest: Vec<u8>) -> Result<Head, &'static str> {
             .next()
             .unwrap_or_default()
             .to_ascii_lowercase();
-        if name.starts_with("proxy-") || name == "connection" || name == "keep-alive" {
+        // The Host header is the URL's: a request cannot name one host in
+        // its URL (checked) and another to the server behind the address.
+        if name.starts_with("proxy-")
+            || ["connection", "keep-alive", "host"].contains(&name.as_str())
+        {
             continue;
         }
         forward.extend_from_slice(line.as_bytes());
         forward.extend_from_slice(b"\r\n");
     }
-    forward.extend_from_slice(b"Connection: close\r\n\r\n");
+    forward.extend_from_slice(format!("Host: {auth}\r\nConnection: close\r\n\r\n").as_bytes());
     Ok(Head {
         connect: false,
         host,
@@ -424,6 +432,20 @@ mod tests {
         let fwd = String::from_utf8(h.forward).unwrap();
         assert!(fwd.starts_with("GET /p?q=1 HTTP/1.1\r\n"));
         assert!(!fwd.contains("Proxy-"));
+        assert!(
+            fwd.ends_with("Host: a.test:8080\r\nConnection: close\r\n\r\n"),
+            "{fwd}"
+        );
+        let spoof = parse_head(
+            b"GET http://a.test/ HTTP/1.1\r\nHost: internal\r\n\r\n",
+            vec![],
+        )
+        .unwrap();
+        assert!(
+            !String::from_utf8(spoof.forward)
+                .unwrap()
+                .contains("internal")
+        );
         assert!(parse_head(b"GET /local HTTP/1.1\r\n\r\n", vec![]).is_err());
         assert!(parse_head(b"GET http://u:p@a.test/ HTTP/1.1\r\n\r\n", vec![]).is_err());
     }

@@ -4,8 +4,7 @@
 //! caller's code never runs unconfined.
 
 use std::ffi::CString;
-use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use nix::unistd::{Gid, Uid};
 
@@ -18,8 +17,8 @@ pub(super) fn main(config: &InitConfig, sync: &OwnedFd, err: &OwnedFd) -> isize 
         Ok(never) => match never {},
         Err(e) => e,
     };
-    let _ = std::fs::File::from(err.try_clone().expect("dup of the error pipe"))
-        .write_all(e.as_bytes());
+    // Best effort: the helper also sees the exit status.
+    let _ = nix::unistd::write(err, e.as_bytes());
     SETUP_FAILED as isize
 }
 
@@ -140,6 +139,5 @@ fn close_inherited_fds() -> Result<(), String> {
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
     );
     flags.map(|_| ()).map_err(|e| format!("result fd: {e}"))?;
-    let _ = std::io::stdout().as_raw_fd();
     Ok(())
 }
