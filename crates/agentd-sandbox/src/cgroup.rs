@@ -2,7 +2,7 @@
 //! v2 side lacks the memory and pids controllers). Each sandbox gets one
 //! directory per controller under a shared parent, `agentd-sandboxes`,
 //! created beneath the daemon's own cgroup (so any limit placed on the
-//! daemon also bounds its sandboxes). The parent's `cpu.shares` is a quarter
+//! daemon also bounds its sandboxes). The parent's `cpu.shares` is half
 //! of the default, so spinning sandboxes cannot starve the daemon's streams;
 //! each sandbox is also capped at one CPU by CFS quota.
 
@@ -12,8 +12,13 @@ use std::path::{Path, PathBuf};
 const ROOT: &str = "/sys/fs/cgroup";
 /// The parent of every sandbox's cgroup.
 const PARENT: &str = "agentd-sandboxes";
-/// The parent's CPU weight against the daemon's 1024.
-const PARENT_SHARES: u32 = 256;
+/// The parent's CPU weight: half of one of the daemon's threads (1024
+/// each), so all sandboxes together stay below the daemon. Shares only
+/// matter under contention, but on a shared host they also weigh the
+/// sandboxes against every other process: 256 made a lone `print(1)` wait
+/// behind unrelated load (~64 ms added at p50 on a busy 2-core machine
+/// against ~29 ms at 512; `bench/README.md`).
+const PARENT_SHARES: u32 = 512;
 /// CFS period; the per-sandbox quota equals it (one CPU).
 const CFS_PERIOD_US: u64 = 100_000;
 const CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuacct", "pids"];

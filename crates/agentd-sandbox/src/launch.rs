@@ -379,6 +379,9 @@ impl Launcher {
         }
         outcome.duration = started.elapsed();
         tracing::debug!(sandbox = %spec.name, us = outcome.duration.as_micros() as u64, "outcome ready");
+        // Removing the group (its drop) is off the result's path: a v1 memory
+        // group's rmdir may wait on the kernel, and nothing is left to limit.
+        tokio::task::spawn_blocking(move || drop(cg));
         Ok(outcome)
     }
 }
