@@ -79,15 +79,12 @@ impl LocalError {
     }
 }
 
-/// Startup checks of a `provider = "local"` model and the agent using it.
-pub(crate) fn check_spec(spec: &ModelSpec, tools: &[String]) -> Result<(), String> {
+/// Startup checks of a `provider = "local"` model. (Tools an agent lists
+/// are not refused: they are never offered to a local model, and `serve`
+/// says so in its log.)
+pub(crate) fn check_spec(spec: &ModelSpec) -> Result<(), String> {
     if spec.model_path.is_none() && fetch::builtin(&spec.model).is_none() {
         return Err(LocalError::UnknownModel(spec.model.clone()).to_string());
-    }
-    if !tools.is_empty() {
-        return Err(
-            "a local model cannot call tools: remove `tools` or use another provider".into(),
-        );
     }
     if let Some(p) = spec.top_p
         && !(p > 0.0 && p <= 1.0)
