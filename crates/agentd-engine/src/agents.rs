@@ -184,7 +184,7 @@ impl AgentCatalog {
                 message,
             };
             if model.provider == Provider::Local {
-                crate::models::local::check_spec(model, &agent.tools).map_err(invalid)?;
+                crate::models::local::check_spec(model).map_err(invalid)?;
             }
             if let Some(budget) = model.thinking_budget_tokens {
                 // Anthropic's own rules for extended thinking, checked here
@@ -299,6 +299,37 @@ mod tests {
             ),
         ] {
             let e = catalog(&model, agent).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+
+    #[test]
+    fn local_models_are_checked_at_startup() {
+        assert!(
+            catalog(
+                "provider = \"local\"\nmodel = \"smollm2-135m-instruct\"",
+                ""
+            )
+            .is_ok()
+        );
+        assert!(
+            catalog(
+                "provider = \"local\"\nmodel = \"mine\"\nmodel_path = \"/srv/m.gguf\"",
+                ""
+            )
+            .is_ok()
+        );
+        for (model, why) in [
+            (
+                "provider = \"local\"\nmodel = \"gpt-5\"",
+                "unknown local model",
+            ),
+            (
+                "provider = \"local\"\nmodel = \"smollm2-135m-instruct\"\ntop_p = 1.5",
+                "top_p",
+            ),
+        ] {
+            let e = catalog(model, "").unwrap_err().to_string();
             assert!(e.contains(why), "{e}");
         }
     }

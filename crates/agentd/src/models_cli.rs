@@ -90,6 +90,9 @@ pub fn start_local_models(catalog: &AgentCatalog) -> LocalModels {
         if agent.model.provider != Provider::Local {
             continue;
         }
+        if !agent.tools.is_empty() {
+            tracing::warn!(agent = %agent.name, "a local model cannot call tools; the agent's tools are not offered to it");
+        }
         let mut state = models.ensure(&agent.model);
         let name = agent.model_name.clone();
         tokio::spawn(async move {

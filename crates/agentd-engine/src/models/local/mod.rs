@@ -79,15 +79,12 @@ impl LocalError {
     }
 }
 
-/// Startup checks of a `provider = "local"` model and the agent using it.
-pub(crate) fn check_spec(spec: &ModelSpec, tools: &[String]) -> Result<(), String> {
+/// Startup checks of a `provider = "local"` model. (Tools an agent lists
+/// are not refused: they are never offered to a local model, and `serve`
+/// says so in its log.)
+pub(crate) fn check_spec(spec: &ModelSpec) -> Result<(), String> {
     if spec.model_path.is_none() && fetch::builtin(&spec.model).is_none() {
         return Err(LocalError::UnknownModel(spec.model.clone()).to_string());
-    }
-    if !tools.is_empty() {
-        return Err(
-            "a local model cannot call tools: remove `tools` or use another provider".into(),
-        );
     }
     if let Some(p) = spec.top_p
         && !(p > 0.0 && p <= 1.0)
@@ -129,8 +126,9 @@ pub struct LocalModels {
 struct Inner {
     fetch: FetchOptions,
     /// Downloads the weights: platform trust roots, redirects followed
-    /// (the engine's model client has neither).
-    http: reqwest::Client,
+    /// (the engine's model client has neither). A client that could not be
+    /// built fails only the downloads, with its reason.
+    http: Result<reqwest::Client, String>,
     models: Mutex<HashMap<String, watch::Receiver<LoadState>>>,
     /// Generations at once across all local models; the rest queue. One
     /// per core pair: each already uses every core, so more only adds
@@ -158,7 +156,7 @@ impl LocalModels {
         LocalModels {
             inner: Arc::new(Inner {
                 fetch,
-                http: fetch::http_client().expect("a TLS client with static settings builds"),
+                http: fetch::http_client().map_err(|e| e.to_string()),
                 models: Mutex::new(HashMap::new()),
                 permits: Arc::new(Semaphore::new((cores / 2).max(1))),
             }),
@@ -251,7 +249,12 @@ impl LocalModels {
                 total,
             });
         };
-        fetch::ensure(&self.inner.http, &source, fetch, &progress).await
+        let http = self
+            .inner
+            .http
+            .as_ref()
+            .map_err(|e| LocalError::Download(e.clone()))?;
+        fetch::ensure(http, &source, fetch, &progress).await
     }
 
     /// Every model's state, by name, for `/health/ready`.
