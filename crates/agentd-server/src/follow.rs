@@ -1,22 +1,22 @@
 //! Following a run's events: replay from the store, then live from the hub,
 //! without gap or duplicate (DESIGN §4).
 //!
-//! A task per follower pushes into a small bounded channel. If the client is
-//! slow the channel fills, the task stops draining the hub, its broadcast
-//! receiver lags, and it goes back to the store by cursor: a slow reader costs
-//! neither memory nor the run's progress.
+//! The follower is a stream the response body polls directly: no task and no
+//! channel of its own, so a live event costs one wake-up (the body's), not
+//! two. It pulls from the hub only when the client takes the next event; if
+//! the client is slow, its broadcast receiver lags and it goes back to the
+//! store by cursor: a slow reader costs neither memory nor the run's progress.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use agentd_core::{Event, TenantId};
-use agentd_store::{HubMessage, Store, StoreError};
+use agentd_store::{HubMessage, RunSubscription, Store, StoreError};
+use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Events buffered per follower.
-const BUFFER: usize = 64;
 /// Events read from the store per page while catching up.
 const PAGE: u32 = 500;
 /// How long a follower waits for an unavailable store before it gives up
@@ -24,96 +24,104 @@ const PAGE: u32 = 500;
 const STORE_WAIT: Duration = Duration::from_secs(60);
 const STORE_RETRY: Duration = Duration::from_millis(250);
 
-/// Events of `run_id` after `after_seq`, ending after the terminal event, when
-/// `stop` fires, or when the receiver is dropped.
+/// Events of `run_id` after `after_seq`, ending after the terminal event, on
+/// a store error (yielded last), or when `stop` fires.
 pub fn follow(
     store: Arc<dyn Store>,
     tenant: TenantId,
     run_id: String,
     after_seq: i64,
     stop: CancellationToken,
-) -> mpsc::Receiver<Result<Event, StoreError>> {
-    let (tx, rx) = mpsc::channel(BUFFER);
-    let client = tx.clone();
-    tokio::spawn(async move {
-        let mut f = Follower {
-            store,
-            tenant,
-            run_id,
-            last: after_seq,
-            tx,
-        };
-        // A client that went away while the run is quiet must not leave
-        // this task waiting for the run's next event.
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = client.closed() => {}
-            _ = f.run() => {}
-        }
-    });
-    rx
+) -> impl Stream<Item = Result<Event, StoreError>> + Send + 'static {
+    let follower = Follower {
+        store,
+        tenant,
+        run_id,
+        last: after_seq,
+        sub: None,
+        ready: VecDeque::new(),
+        more_stored: true,
+        ended: false,
+    };
+    futures::stream::unfold(follower, |mut f| async move {
+        let item = f.next().await?;
+        Some((item, f))
+    })
+    .take_until(stop.cancelled_owned())
 }
 
 struct Follower {
     store: Arc<dyn Store>,
     tenant: TenantId,
     run_id: String,
-    /// Highest seq sent.
+    /// Highest seq handed out.
     last: i64,
-    tx: mpsc::Sender<Result<Event, StoreError>>,
-}
-
-/// Why following ended.
-enum End {
-    Terminal,
-    Gone,
+    /// Taken on the first poll, before the first store read: anything
+    /// committed after it is announced to us, anything before is stored.
+    sub: Option<RunSubscription>,
+    /// Events received but not yet handed out, in seq order.
+    ready: VecDeque<Event>,
+    /// The store may hold events after `last` that the hub will not announce
+    /// (first read, a full page, a lag, a notice from another node).
+    more_stored: bool,
+    /// The terminal event or an error was handed out.
+    ended: bool,
 }
 
 impl Follower {
-    async fn run(&mut self) {
-        // Subscribe first: anything committed after this is announced to us,
-        // anything before it is in the store.
-        let mut sub = self.store.hub().subscribe(&self.run_id);
-        if self.catch_up().await.is_err() {
-            return;
+    async fn next(&mut self) -> Option<Result<Event, StoreError>> {
+        if self.ended {
+            return None;
+        }
+        if self.sub.is_none() {
+            self.sub = Some(self.store.hub().subscribe(&self.run_id));
         }
         loop {
-            let more = match sub.recv().await {
-                Ok(HubMessage::Events(events)) => self.take_live(&events).await,
-                Ok(HubMessage::Upto(seq)) if seq > self.last => self.catch_up().await,
-                Ok(HubMessage::Upto(_)) => Ok(()),
-                Err(RecvError::Lagged(_)) => self.catch_up().await,
-                Err(RecvError::Closed) => return,
-            };
-            if more.is_err() {
-                return;
+            while let Some(e) = self.ready.pop_front() {
+                if e.seq <= self.last {
+                    continue;
+                }
+                if e.seq != self.last + 1 {
+                    // Something in between was not announced to us: read it.
+                    self.ready.clear();
+                    self.more_stored = true;
+                    break;
+                }
+                self.last = e.seq;
+                self.ended = e.kind.is_terminal();
+                return Some(Ok(e));
             }
-        }
-    }
-
-    async fn take_live(&mut self, events: &[Event]) -> Result<(), End> {
-        for e in events {
-            if e.seq <= self.last {
+            if self.more_stored {
+                if let Err(e) = self.read_page().await {
+                    self.ended = true;
+                    return Some(Err(e));
+                }
                 continue;
             }
-            if e.seq != self.last + 1 {
-                // Something in between was not announced to us: read it.
-                return self.catch_up().await;
+            let sub = self.sub.as_mut()?;
+            match sub.recv().await {
+                Ok(HubMessage::Events(events)) => self.ready.extend(events.iter().cloned()),
+                Ok(HubMessage::Upto(seq)) => self.more_stored = seq > self.last,
+                Err(RecvError::Lagged(_)) => self.more_stored = true,
+                Err(RecvError::Closed) => return None,
             }
-            self.send(e.clone()).await?;
         }
-        Ok(())
     }
 
-    async fn catch_up(&mut self) -> Result<(), End> {
+    /// One page after `last` into `ready`, waiting out a store that is away.
+    async fn read_page(&mut self) -> Result<(), StoreError> {
         let mut waited = Duration::ZERO;
         loop {
-            let page = self
+            match self
                 .store
                 .events_after(&self.tenant, &self.run_id, self.last, PAGE)
-                .await;
-            let page = match page {
-                Ok(p) => p,
+                .await
+            {
+                Ok(page) => {
+                    self.more_stored = page.len() == PAGE as usize;
+                    self.ready.extend(page);
+                    return Ok(());
+                }
                 // The database is away (a PostgreSQL restart): the stream
                 // stays open (keep-alives go on) and reads again, rather than
                 // ending on an error every reader would reconnect after.
@@ -121,27 +129,9 @@ impl Follower {
                     tracing::debug!(run = self.run_id, error = %e, "store unavailable; reading again shortly");
                     tokio::time::sleep(STORE_RETRY).await;
                     waited += STORE_RETRY;
-                    continue;
                 }
-                Err(e) => {
-                    let _ = self.tx.send(Err(e)).await;
-                    return Err(End::Gone);
-                }
-            };
-            let full = page.len() == PAGE as usize;
-            for e in page {
-                self.send(e).await?;
-            }
-            if !full {
-                return Ok(());
+                Err(e) => return Err(e),
             }
         }
-    }
-
-    async fn send(&mut self, e: Event) -> Result<(), End> {
-        let terminal = e.kind.is_terminal();
-        self.last = e.seq;
-        self.tx.send(Ok(e)).await.map_err(|_| End::Gone)?;
-        if terminal { Err(End::Terminal) } else { Ok(()) }
     }
 }

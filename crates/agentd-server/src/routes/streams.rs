@@ -10,7 +10,6 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::{Stream, StreamExt, stream};
 use serde::{Deserialize, Serialize};
-use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
 use agentd_core::event::PublicEvent;
@@ -126,18 +125,18 @@ pub async fn events_stream(
     find_run(&state, &principal, &id).await?;
     let read_inputs = principal.can(Scope::RunsReadInputs);
     let (token, slot) = state.stream_token(&principal);
-    let rx = follow(state.store().clone(), principal.tenant, id, after, token);
-    let events = ReceiverStream::new(rx).map(move |item| {
-        // The stream owns its registration: dropped, it deregisters.
-        let _slot = &slot;
-        match item {
-            Ok(e) => SseEvent::default()
-                .event("run_event")
-                .id(e.seq.to_string())
-                .data(e.public_json(read_inputs)),
-            Err(e) => error_event(e.to_string()),
-        }
-    });
+    let events =
+        follow(state.store().clone(), principal.tenant, id, after, token).map(move |item| {
+            // The stream owns its registration: dropped, it deregisters.
+            let _slot = &slot;
+            match item {
+                Ok(e) => SseEvent::default()
+                    .event("run_event")
+                    .id(e.seq.to_string())
+                    .data(e.public_json(read_inputs)),
+                Err(e) => error_event(e.to_string()),
+            }
+        });
     Ok(sse(events))
 }
 
@@ -166,14 +165,14 @@ pub async fn run_updates(
     let store = state.store().clone();
     let tenant = principal.tenant.clone();
     let (token, slot) = state.stream_token(&principal);
-    let rx = follow(
+    let updates = follow(
         store.clone(),
         principal.tenant,
         id.clone(),
         run.last_seq,
         token,
-    );
-    let updates = ReceiverStream::new(rx).filter_map(move |item| {
+    )
+    .filter_map(move |item| {
         let _slot = &slot;
         let store = store.clone();
         let tenant = tenant.clone();

@@ -17,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt, stream};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
 use agentd_core::run::RunSource;
@@ -236,27 +235,26 @@ pub(crate) fn turn_events(
     turn: Turn,
 ) -> impl Stream<Item = Value> + Send + 'static {
     let (token, slot) = app.stream_token(caller);
-    let rx = follow(
+    follow(
         app.store().clone(),
         turn.tenant.clone(),
         turn.run_id.clone(),
         0,
         token,
-    );
-    ReceiverStream::new(rx)
-        .map(move |item| {
-            let _slot = &slot;
-            match item {
-                Ok(e) => (translate(&app, &turn, &e), e.kind.is_terminal()),
-                Err(e) => (Some(json!({"type": "error", "data": e.to_string()})), true),
-            }
-        })
-        .scan(false, |ended, (event, last)| {
-            let out = if *ended { None } else { Some(event) };
-            *ended = last;
-            futures::future::ready(out)
-        })
-        .filter_map(futures::future::ready)
+    )
+    .map(move |item| {
+        let _slot = &slot;
+        match item {
+            Ok(e) => (translate(&app, &turn, &e), e.kind.is_terminal()),
+            Err(e) => (Some(json!({"type": "error", "data": e.to_string()})), true),
+        }
+    })
+    .scan(false, |ended, (event, last)| {
+        let out = if *ended { None } else { Some(event) };
+        *ended = last;
+        futures::future::ready(out)
+    })
+    .filter_map(futures::future::ready)
 }
 
 /// `POST /api/chat` (seed 002).
