@@ -61,6 +61,8 @@ async fn ended_sandboxes_outlive_the_daemon_and_orphans_are_ended() {
     assert_eq!(listed["phase"], "running", "{listed}");
     d.kill9();
     d.restart().await;
+    // On a new port.
+    let api = d.api();
 
     // The ended ones, whole, from the store.
     let view = api.get(&format!("/v1/sandboxes/{first_id}")).await;
