@@ -217,3 +217,27 @@ output_bytes = 4096
     assert_eq!(at_max.view["phase"], "succeeded", "{:?}", at_max.view);
     assert_eq!(at_max.view["limits"]["disk_mb"], 8);
 }
+
+#[test]
+fn startup_refuses_sandbox_limits_it_cannot_honour() {
+    use crate::startup::{assert_refuses, run_serve};
+    for (config, words) in [
+        (
+            "[sandbox.defaults]\ncpu_secs = 100\n[sandbox.maximums]\ncpu_secs = 50\n",
+            vec![
+                "[sandbox] limits",
+                "`defaults.cpu_secs` (100) is above `maximums.cpu_secs` (50)",
+            ],
+        ),
+        (
+            "[sandbox.maximums]\npids = 0\n",
+            vec!["[sandbox] limits", "`maximums.pids` must be at least 1"],
+        ),
+        (
+            "[sandbox.defaults]\nswap_mb = 1\n",
+            vec!["unknown field", "swap_mb"],
+        ),
+    ] {
+        assert_refuses(run_serve(&[], &[], Some(config)), &words);
+    }
+}
