@@ -1,26 +1,13 @@
 //! Runs one program in a sandbox without a daemon, for trying the isolation
 //! by hand: `sandbox_run python 'print(1)'` (as root). Prints the frames and
-//! the result as JSON lines.
+//! the result as JSON lines. Records go to a throwaway SQLite store.
 
 use std::sync::Arc;
 
 use agentd_core::TenantId;
 use agentd_sandbox::service::{AuditOrigin, EgressCeiling};
-use agentd_sandbox::{AuditSink, CreateRequest, Language, SandboxConfig, SandboxService};
-
-struct PrintAudit;
-
-impl AuditSink for PrintAudit {
-    fn record(
-        &self,
-        records: Vec<agentd_core::AuditRecord>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        for r in records {
-            eprintln!("audit {} {} {}", r.action, r.outcome.as_str(), r.details);
-        }
-        Box::pin(async {})
-    }
-}
+use agentd_sandbox::{CreateRequest, Language, SandboxConfig, SandboxService};
+use agentd_store::sqlite::{SqliteConfig, SqliteStore};
 
 fn main() {
     if std::env::args().nth(1).as_deref() == Some(agentd_sandbox::INIT_SUBCOMMAND) {
@@ -38,7 +25,14 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async move {
         let exe = std::env::current_exe().expect("exe");
-        let svc = SandboxService::start(SandboxConfig::new(exe), Arc::new(PrintAudit)).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&SqliteConfig {
+            data_dir: dir.path().to_owned(),
+            fsync: false,
+        })
+        .await
+        .expect("store");
+        let svc = SandboxService::start(SandboxConfig::new(exe), Arc::new(store)).await;
         println!("{}", serde_json::to_string(svc.health()).unwrap());
         let origin = AuditOrigin {
             tenant: TenantId::default_tenant(),

@@ -37,6 +37,9 @@ pub enum KillReason {
     OutputExceeded,
     /// Torn down (DELETE) while running.
     TornDown,
+    /// The daemon stopped while it ran (the workload died with it); set on
+    /// the stored record when the next start finds it unfinished.
+    DaemonRestarted,
 }
 
 impl KillReason {
@@ -48,6 +51,7 @@ impl KillReason {
             KillReason::PidsExceeded => "pids_exceeded",
             KillReason::OutputExceeded => "output_exceeded",
             KillReason::TornDown => "torn_down",
+            KillReason::DaemonRestarted => "daemon_restarted",
         }
     }
 }

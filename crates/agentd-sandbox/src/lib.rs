@@ -5,7 +5,8 @@
 //! through [`SandboxService`].
 //!
 //! The pieces, in the order a sandbox meets them: [`service`] checks a
-//! request and keeps the session; [`launch`] makes the cgroup
+//! request and keeps the session (in memory while it runs, in the store
+//! through [`record`]); [`launch`] makes the cgroup
 //! ([`cgroup`]) and starts the helper ([`init`]), which clones the child
 //! into its namespaces, where it builds its root, applies
 //! [`landlock_rules`] and [`seccomp`] and execs the interpreter; for
@@ -17,6 +18,7 @@ pub mod egress;
 pub mod init;
 pub mod landlock_rules;
 pub mod launch;
+pub mod record;
 mod runner;
 pub mod seccomp;
 pub mod service;
@@ -27,8 +29,8 @@ pub use egress::{EgressDecision, EgressPolicy, HostRule};
 pub use init::{INIT_SUBCOMMAND, init_main};
 pub use launch::{KillReason, Stream};
 pub use service::{
-    AuditEntry, AuditSink, CreateError, CreateRequest, EgressCeiling, EgressRequest, SandboxConfig,
-    SandboxService,
+    AuditEntry, CreateError, CreateRequest, EgressCeiling, EgressRequest, Found, SandboxConfig,
+    SandboxService, TeardownOutcome,
 };
 pub use session::{Frame, Phase, SandboxResult, SandboxSession, SandboxView};
-pub use spec::{Language, LimitPolicy, Limits, LimitsRequest};
+pub use spec::{Language, LimitPolicy, Limits, LimitsRequest, PolicyError};

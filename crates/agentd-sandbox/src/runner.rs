@@ -1,19 +1,21 @@
 //! One session's life after creation: the task that runs it, the observer
-//! that turns progress into frames and audit entries, the ordered audit
-//! writer, the untrusted result's parsing, and the start-up probe.
+//! that turns progress into frames and audit entries, the ordered writer of
+//! its record and audit trail, the untrusted result's parsing, and the
+//! start-up probe.
 
 use std::sync::Arc;
 
 use agentd_core::ids::new_id;
 use agentd_core::time::now_millis;
 use agentd_core::{AuditAction, AuditOutcome, AuditRecord};
+use agentd_store::Store;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::cgroup::CgroupParent;
 use crate::egress::EgressDecision;
 use crate::launch::{LaunchSpec, Launcher, Observer, Stream};
-use crate::service::{AuditOrigin, AuditSink, HOST_UID_BASE, HOST_UID_SPAN, SandboxConfig};
+use crate::service::{AuditOrigin, HOST_UID_BASE, HOST_UID_SPAN, SandboxConfig};
 use crate::session::{Finished, Phase, SandboxSession};
 use crate::spec::Language;
 
@@ -90,17 +92,38 @@ impl Observer for Auditor {
     }
 }
 
-/// Writes the session's entries in order, one batch per wake-up.
-pub(crate) async fn write_audit(
-    sink: Arc<dyn AuditSink>,
+/// Writes the session's record with its audit entries, in order, one
+/// transaction per wake-up (the store's writer groups them with everyone
+/// else's); once the observer is gone, the final record. Returns whether
+/// everything was stored.
+pub(crate) async fn write_session(
+    store: Arc<dyn Store>,
+    session: Arc<SandboxSession>,
     mut rx: mpsc::UnboundedReceiver<AuditRecord>,
-) {
+) -> bool {
+    let mut ok = true;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        sink.record(batch).await;
+        ok &= put(&*store, &session, batch).await;
+    }
+    // The result and final phase are set after the last entry is sent.
+    ok & put(&*store, &session, Vec::new()).await
+}
+
+pub(crate) async fn put(
+    store: &dyn Store,
+    session: &SandboxSession,
+    audit: Vec<AuditRecord>,
+) -> bool {
+    match store.put_sandbox(session.record(), audit).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(sandbox = %session.info.id, error = %e, "could not store the sandbox's record");
+            false
+        }
     }
 }
 
@@ -134,7 +157,7 @@ pub(crate) async fn run(
     launcher: Launcher,
     spec: LaunchSpec,
     observer: Arc<Auditor>,
-    writer: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<bool>,
 ) {
     let session = observer.session.clone();
     let teardown = session.teardown.clone();
@@ -176,7 +199,7 @@ pub(crate) async fn run(
         json!({
             "exit_code": finished.exit_code,
             "signal": finished.signal,
-            "kill_reason": kill_reason.map(|k| k.as_str()),
+            "kill_reason": kill_reason,
             "error": finished.error,
             "cpu_ms": finished.usage.cpu_nanos / 1_000_000,
             "memory_peak_bytes": finished.usage.memory_peak_bytes,
@@ -196,9 +219,12 @@ pub(crate) async fn run(
     }
     session.finish(finished);
     session.set_phase(phase, kill_reason);
-    // Every entry is durable before the stream says `end`.
+    // Every entry, and the final record, is durable before the stream says
+    // `end`; from then on reads go to the store.
     drop(observer);
-    let _ = writer.await;
+    if writer.await.unwrap_or(false) {
+        session.mark_stored();
+    }
     session.end();
 }
 

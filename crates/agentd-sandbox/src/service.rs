@@ -1,11 +1,11 @@
 //! The front door: checks a request, builds its egress policy, keeps the
-//! sessions, runs each one on a task, writes the audit trail through the
-//! host's [`AuditSink`], and reports whether this host can isolate at all.
+//! live sessions, runs each one on a task, keeps each session's record and
+//! audit trail in the store, answers reads (live sessions from memory,
+//! ended ones from the store), ends records orphaned by a daemon that
+//! stopped, and reports whether this host can isolate at all.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,20 +13,17 @@ use std::time::Duration;
 use agentd_core::ids::new_id;
 use agentd_core::time::now_millis;
 use agentd_core::{AuditAction, AuditOutcome, AuditRecord, TenantId};
+use agentd_store::{Page, PageRequest, SandboxRecord, Store, StoreError, UNFINISHED_PHASES};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::egress::{AddrCheck, DEFAULT_PORTS, EgressPolicy, HostRule, intersect};
 use crate::launch::{LaunchSpec, Launcher};
-use crate::runner::{Auditor, audit_record, probe, run, write_audit};
-use crate::session::{EgressView, Phase, SandboxSession, SessionInfo};
+use crate::record::view_of;
+use crate::runner::{Auditor, audit_record, probe, run, write_session};
+use crate::session::{EgressView, Phase, SandboxSession, SandboxView, SessionInfo};
 use crate::spec::{Language, LimitPolicy, LimitsRequest, SpecError, check_code};
-
-/// Writes audit records (the store, in the daemon).
-pub trait AuditSink: Send + Sync + 'static {
-    fn record(&self, records: Vec<AuditRecord>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
-}
 
 /// Who created a sandbox; copied onto each of its audit entries.
 #[derive(Clone, Debug)]
@@ -91,6 +88,38 @@ pub enum CreateError {
     Unavailable(String),
     #[error("too many sandboxes are running ({0}); retry later")]
     Busy(usize),
+    /// The session's first record could not be stored; nothing was started.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where a session was found.
+#[derive(Debug)]
+pub enum Found {
+    /// Running here (or its final record could not be stored): memory is
+    /// the truth.
+    Live(Arc<SandboxSession>),
+    /// Ended, or running on another node: the store's record.
+    Stored(Box<SandboxRecord>),
+}
+
+impl Found {
+    pub fn view(&self) -> Result<SandboxView, StoreError> {
+        match self {
+            Found::Live(s) => Ok(s.view()),
+            Found::Stored(r) => view_of(r),
+        }
+    }
+}
+
+/// What a teardown did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TeardownOutcome {
+    /// Torn down now, or already.
+    Done,
+    NotFound,
+    /// Running on another node, which alone can kill it.
+    RunningElsewhere,
 }
 
 /// The operator's `[sandbox]` settings.
@@ -101,7 +130,8 @@ pub struct SandboxConfig {
     pub exe: PathBuf,
     /// Sandboxes running at once in this process.
     pub max_running: usize,
-    /// Finished sessions kept for reading (oldest dropped first).
+    /// Finished sessions kept in memory so late streams get every frame
+    /// (oldest dropped first); reads of them go to the store.
     pub max_retained: usize,
     pub egress_max_bytes: u64,
     pub egress_max_secs: u64,
@@ -129,6 +159,8 @@ pub struct Health {
     pub healthy: bool,
     /// Why not, when unhealthy.
     pub reason: Option<String>,
+    /// The cgroup backend in use (`v1` or `v2`), when healthy.
+    pub cgroup: Option<&'static str>,
 }
 
 /// The backend's name in `/health`.
@@ -141,7 +173,7 @@ pub struct SandboxService {
     config: SandboxConfig,
     launcher: Option<Launcher>,
     health: Health,
-    audit: Arc<dyn AuditSink>,
+    store: Arc<dyn Store>,
     sessions: Mutex<Sessions>,
     next_uid: AtomicU32,
 }
@@ -163,16 +195,23 @@ struct Sessions {
 
 impl SandboxService {
     /// Sets up cgroups and runs a probe sandbox; the answer is `/health`'s.
-    pub async fn start(config: SandboxConfig, audit: Arc<dyn AuditSink>) -> Arc<Self> {
+    /// Ends records orphaned by a stopped daemon, now and every
+    /// [`SWEEP_EVERY`] (other nodes' sandboxes end past their deadline).
+    pub async fn start(config: SandboxConfig, store: Arc<dyn Store>) -> Arc<Self> {
+        tokio::spawn(sweep_orphans(store.clone()));
         let (launcher, health) = match probe(&config).await {
-            Ok(l) => (
-                Some(l),
-                Health {
-                    backend: BACKEND,
-                    healthy: true,
-                    reason: None,
-                },
-            ),
+            Ok(l) => {
+                let cgroup = Some(l.cgroups.version());
+                (
+                    Some(l),
+                    Health {
+                        backend: BACKEND,
+                        healthy: true,
+                        reason: None,
+                        cgroup,
+                    },
+                )
+            }
             Err(reason) => {
                 tracing::warn!(%reason, "sandboxing is unavailable; sandbox creation will fail");
                 (
@@ -181,6 +220,7 @@ impl SandboxService {
                         backend: BACKEND,
                         healthy: false,
                         reason: Some(reason),
+                        cgroup: None,
                     },
                 )
             }
@@ -190,7 +230,7 @@ impl SandboxService {
             config,
             launcher,
             health,
-            audit,
+            store,
             sessions: Mutex::default(),
             next_uid: AtomicU32::new(seed),
         })
@@ -232,21 +272,40 @@ impl SandboxService {
             created_at: now_millis(),
         };
         let session = Arc::new(SandboxSession::new(info));
+        // Durable before anything runs: a daemon that dies from here on
+        // leaves a record the next start ends as orphaned.
+        let details = json!({"language": req.language.as_str(), "limits": limits, "egress": session.info.egress});
+        session.audit_frame(
+            AuditAction::SessionCreated.as_str(),
+            AuditOutcome::Success.as_str(),
+            &details,
+        );
+        let created = audit_record(
+            &req.origin,
+            &session.info.id,
+            AuditAction::SessionCreated,
+            AuditOutcome::Success,
+            details,
+        );
+        // In the map first, so it counts against `max_running` at once.
         self.insert(session.clone());
+        if let Err(e) = self
+            .store
+            .put_sandbox(session.record(), vec![created])
+            .await
+        {
+            self.lock().by_id.remove(&session.info.id);
+            return Err(e.into());
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let auditor = Auditor {
             origin: req.origin,
             session: session.clone(),
             tx,
         };
-        auditor.entry(
-            AuditAction::SessionCreated,
-            AuditOutcome::Success,
-            json!({"language": req.language.as_str(), "limits": limits, "egress": session.info.egress}),
-        );
-        // One writer per session keeps its entries in order; all are durable
-        // before the stream says `end`.
-        let writer = tokio::spawn(write_audit(self.audit.clone(), rx));
+        // One writer per session keeps its record and entries in order; all
+        // are durable before the stream says `end`.
+        let writer = tokio::spawn(write_session(self.store.clone(), session.clone(), rx));
         let spec = LaunchSpec {
             name: session.info.id.clone(),
             language: req.language,
@@ -272,7 +331,7 @@ impl SandboxService {
                 ));
             }
             let view = EgressView {
-                mode: "deny_all",
+                mode: "deny_all".into(),
                 allow: vec![],
                 dropped: vec![],
             };
@@ -292,7 +351,7 @@ impl SandboxService {
         }
         let (kept, dropped) = intersect(&asked, &ceiling.hosts);
         let view = EgressView {
-            mode: "allow_list",
+            mode: "allow_list".into(),
             allow: kept.iter().map(HostRule::to_entry).collect(),
             dropped: dropped.iter().map(HostRule::to_entry).collect(),
         };
@@ -331,8 +390,9 @@ impl SandboxService {
         }
     }
 
-    /// The tenant's session, or `None` (missing and foreign look alike).
-    pub fn get(&self, tenant: &TenantId, id: &str) -> Option<Arc<SandboxSession>> {
+    /// The tenant's session in memory, running or recently ended (for its
+    /// frames); `None` for a missing or foreign one.
+    pub fn live(&self, tenant: &TenantId, id: &str) -> Option<Arc<SandboxSession>> {
         self.lock()
             .by_id
             .get(id)
@@ -340,48 +400,110 @@ impl SandboxService {
             .cloned()
     }
 
-    /// The tenant's sessions, newest first, after the cursor id.
-    pub fn list(
-        &self,
-        tenant: &TenantId,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Vec<Arc<SandboxSession>> {
-        let s = self.lock();
-        s.by_id
-            .values()
-            .rev()
-            .filter(|x| &x.info.tenant == tenant)
-            .filter(|x| before.is_none_or(|b| x.info.id.as_str() < b))
-            .take(limit)
-            .cloned()
-            .collect()
+    /// The tenant's session: from memory while it runs, else from the store.
+    pub async fn find(&self, tenant: &TenantId, id: &str) -> Result<Option<Found>, StoreError> {
+        let live = self.live(tenant, id);
+        if let Some(s) = &live
+            && !s.is_stored()
+        {
+            return Ok(live.map(Found::Live));
+        }
+        match self.store.get_sandbox(tenant, id).await? {
+            Some(r) => Ok(Some(Found::Stored(Box::new(r)))),
+            None => Ok(live.map(Found::Live)),
+        }
     }
 
-    /// Kills a running session and waits for it to end, then marks it torn down.
-    pub async fn teardown(&self, session: &Arc<SandboxSession>, origin: AuditOrigin) {
-        session.teardown.cancel();
-        let mut rx = session.subscribe();
-        loop {
-            if session.frames_from(0).1 {
-                break;
-            }
-            if rx.changed().await.is_err() {
-                break;
-            }
+    /// The tenant's sessions from the store, newest first; those running
+    /// here shown as they are now.
+    pub async fn list(
+        &self,
+        tenant: &TenantId,
+        page: PageRequest,
+    ) -> Result<Page<SandboxView>, StoreError> {
+        let records = self.store.list_sandboxes(tenant, page).await?;
+        let mut items = Vec::with_capacity(records.items.len());
+        for r in &records.items {
+            let live = self.live(tenant, &r.id).filter(|s| !s.is_stored());
+            items.push(match live {
+                Some(s) => s.view(),
+                None => view_of(r)?,
+            });
         }
-        if session.phase() == Phase::TornDown {
-            return;
+        Ok(Page {
+            items,
+            next: records.next,
+        })
+    }
+
+    /// Kills a running session and waits for it to end, then marks it torn
+    /// down, in memory and in the store.
+    pub async fn teardown(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        origin: AuditOrigin,
+    ) -> Result<TeardownOutcome, StoreError> {
+        let entry = || {
+            audit_record(
+                &origin,
+                id,
+                AuditAction::SessionTornDown,
+                AuditOutcome::Success,
+                json!({}),
+            )
+        };
+        if let Some(session) = self.live(tenant, id) {
+            session.teardown.cancel();
+            let mut rx = session.subscribe();
+            while !session.frames_from(0).1 {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+            if session.phase() == Phase::TornDown {
+                return Ok(TeardownOutcome::Done);
+            }
+            session.set_phase(Phase::TornDown, None);
+            self.store
+                .put_sandbox(session.record(), vec![entry()])
+                .await?;
+            return Ok(TeardownOutcome::Done);
         }
-        session.set_phase(Phase::TornDown, None);
-        let record = audit_record(
-            &origin,
-            &session.info.id,
-            AuditAction::SessionTornDown,
-            AuditOutcome::Success,
-            json!({}),
-        );
-        self.audit.record(vec![record]).await;
+        let Some(mut record) = self.store.get_sandbox(tenant, id).await? else {
+            return Ok(TeardownOutcome::NotFound);
+        };
+        if record.phase == Phase::TornDown.as_str() {
+            return Ok(TeardownOutcome::Done);
+        }
+        if UNFINISHED_PHASES.contains(&record.phase.as_str()) {
+            return Ok(TeardownOutcome::RunningElsewhere);
+        }
+        record.phase = Phase::TornDown.as_str().to_owned();
+        record.torn_down_at = Some(now_millis());
+        self.store.put_sandbox(record, vec![entry()]).await?;
+        Ok(TeardownOutcome::Done)
+    }
+}
+
+/// How often records orphaned on other nodes are looked for.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Ends records whose deadline passed with no process behind them (a
+/// daemon that died, here or on another node sharing the store).
+async fn sweep_orphans(store: Arc<dyn Store>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        match store.end_orphaned_sandboxes(now_millis()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                sandboxes = n,
+                "ended sandboxes orphaned by a stopped daemon"
+            ),
+            Err(StoreError::Closed) => return,
+            Err(e) => tracing::warn!(error = %e, "could not end orphaned sandboxes"),
+        }
     }
 }
 
@@ -405,20 +527,19 @@ mod tests {
 
     use super::*;
 
-    struct NoAudit;
-
-    impl AuditSink for NoAudit {
-        fn record(&self, _: Vec<AuditRecord>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-            Box::pin(async {})
-        }
-    }
-
     /// Where the probe cannot run a sandbox, health says so and creation is
     /// refused with the reason: nothing runs unconfined.
     #[tokio::test]
     async fn an_unusable_backend_refuses_creation() {
         let config = SandboxConfig::new(PathBuf::from("/nonexistent/agentd"));
-        let service = SandboxService::start(config, Arc::new(NoAudit)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = agentd_store::sqlite::SqliteStore::open(&agentd_store::sqlite::SqliteConfig {
+            data_dir: dir.path().to_owned(),
+            fsync: false,
+        })
+        .await
+        .unwrap();
+        let service = SandboxService::start(config, Arc::new(store)).await;
         let health = service.health();
         assert!(!health.healthy);
         assert!(health.reason.as_deref().is_some_and(|r| !r.is_empty()));
@@ -445,10 +566,11 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, CreateError::Unavailable(_)), "{err}");
-        assert!(
-            service
-                .list(&TenantId::default_tenant(), None, 10)
-                .is_empty()
-        );
+        let page = PageRequest {
+            limit: 10,
+            after: None,
+        };
+        let listed = service.list(&TenantId::default_tenant(), page).await;
+        assert!(listed.unwrap().items.is_empty());
     }
 }

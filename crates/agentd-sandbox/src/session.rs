@@ -1,14 +1,17 @@
 //! One sandbox session (seed 004): its phase, the frames its stream carries,
 //! the captured output and the structured result. Kept in memory by the
-//! [`crate::SandboxService`]: a session is a live process; its audit trail is
-//! what survives in the store.
+//! [`crate::SandboxService`] while it runs (and for a while after, so late
+//! streams still get every frame); its record ([`SandboxSession::record`])
+//! and audit trail are what the store keeps (`crate::record`).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use agentd_core::TenantId;
 use agentd_core::time::{Millis, now_millis, to_rfc3339};
-use serde::Serialize;
+use agentd_store::SandboxRecord;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +21,7 @@ use crate::launch::{KillReason, Stream};
 use crate::spec::{Language, Limits};
 
 /// `pending → running → succeeded | failed | killed → torn_down`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Pending,
@@ -33,6 +36,22 @@ impl Phase {
     /// The workload is over (a result can be read).
     pub fn is_finished(self) -> bool {
         !matches!(self, Phase::Pending | Phase::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Running => "running",
+            Phase::Succeeded => "succeeded",
+            Phase::Failed => "failed",
+            Phase::Killed => "killed",
+            Phase::TornDown => "torn_down",
+        }
+    }
+
+    /// The stored spelling back; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Phase> {
+        serde_json::from_value(Value::String(text.to_owned())).ok()
     }
 }
 
@@ -50,10 +69,10 @@ pub struct Frame {
 }
 
 /// The effective egress of a session, as shown to clients.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EgressView {
     /// `deny_all` or `allow_list`.
-    pub mode: &'static str,
+    pub mode: String,
     /// The effective list (request ∩ ceiling).
     pub allow: Vec<String>,
     /// Requested entries the ceiling did not admit.
@@ -104,16 +123,18 @@ pub struct SandboxSession {
     frames_tx: watch::Sender<usize>,
     /// Fired by teardown: kills the workload.
     pub teardown: CancellationToken,
+    /// The store holds this session's final record: reads go there.
+    stored: AtomicBool,
 }
 
 /// `GET /v1/sandboxes/{id}`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SandboxView {
     pub id: String,
     pub customer_id: String,
     pub language: Language,
     pub phase: Phase,
-    pub kill_reason: Option<&'static str>,
+    pub kill_reason: Option<KillReason>,
     pub exit_code: Option<i32>,
     pub error: Option<String>,
     pub limits: Limits,
@@ -125,12 +146,12 @@ pub struct SandboxView {
     pub torn_down_at: Option<String>,
 }
 
-/// `GET /v1/sandboxes/{id}/result`.
-#[derive(Clone, Debug, Serialize)]
+/// `GET /v1/sandboxes/{id}/result`; also the stored record's `result`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SandboxResult {
     pub id: String,
     pub phase: Phase,
-    pub kill_reason: Option<&'static str>,
+    pub kill_reason: Option<KillReason>,
     pub exit_code: Option<i32>,
     /// The signal that ended the workload, if one did.
     pub signal: Option<i32>,
@@ -145,7 +166,7 @@ pub struct SandboxResult {
     pub usage: UsageView,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct UsageView {
     pub cpu_ms: u64,
     pub memory_peak_bytes: u64,
@@ -194,6 +215,7 @@ impl SandboxSession {
             state: Mutex::new(State::default()),
             frames_tx: watch::channel(0).0,
             teardown: CancellationToken::new(),
+            stored: AtomicBool::new(false),
         };
         session.set_phase(Phase::Pending, None);
         session
@@ -238,7 +260,7 @@ impl SandboxSession {
             p if p.is_finished() => s.finished_at = Some(now_millis()),
             _ => {}
         }
-        let body = json!({"phase": phase, "kill_reason": kill_reason.map(KillReason::as_str)});
+        let body = json!({"phase": phase, "kill_reason": kill_reason});
         self.push(&mut s, "phase", body);
     }
 
@@ -310,7 +332,7 @@ impl SandboxSession {
             customer_id: i.tenant.to_string(),
             language: i.language,
             phase: s.phase.unwrap_or(Phase::Pending),
-            kill_reason: s.kill_reason.map(KillReason::as_str),
+            kill_reason: s.kill_reason,
             exit_code: s.exit_code,
             error: s.error.clone(),
             limits: i.limits.clone(),
@@ -330,10 +352,14 @@ impl SandboxSession {
         if !phase.is_finished() || !s.ended && phase != Phase::TornDown {
             return None;
         }
-        Some(SandboxResult {
+        Some(self.result_of(&s))
+    }
+
+    fn result_of(&self, s: &State) -> SandboxResult {
+        SandboxResult {
             id: self.info.id.clone(),
-            phase,
-            kill_reason: s.kill_reason.map(KillReason::as_str),
+            phase: s.phase.unwrap_or(Phase::Pending),
+            kill_reason: s.kill_reason,
             exit_code: s.exit_code,
             signal: s.signal,
             stdout: String::from_utf8_lossy(&s.stdout).into_owned(),
@@ -346,8 +372,49 @@ impl SandboxSession {
                 cpu_ms: s.usage.cpu_nanos / 1_000_000,
                 memory_peak_bytes: s.usage.memory_peak_bytes,
             },
-        })
+        }
     }
+
+    /// The session as the store keeps it, now; the result body once the
+    /// workload has ended.
+    pub fn record(&self) -> SandboxRecord {
+        let s = self.lock();
+        let i = &self.info;
+        let phase = s.phase.unwrap_or(Phase::Pending);
+        SandboxRecord {
+            tenant_id: i.tenant.clone(),
+            id: i.id.clone(),
+            phase: phase.as_str().to_owned(),
+            language: i.language.as_str().to_owned(),
+            labels: json_of(&i.labels),
+            limits: json_of(&i.limits),
+            egress: json_of(&i.egress),
+            kill_reason: s.kill_reason.map(|k| k.as_str().to_owned()),
+            exit_code: s.exit_code,
+            error: s.error.clone(),
+            result: s.finished_at.map(|_| json_of(&self.result_of(&s))),
+            created_at: i.created_at,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            torn_down_at: s.torn_down_at,
+            deadline_at: crate::record::deadline(i.created_at, &i.limits),
+        }
+    }
+
+    /// The store now holds the final record.
+    pub(crate) fn mark_stored(&self) {
+        self.stored.store(true, Ordering::Release);
+    }
+
+    /// Whether reads of this finished session go to the store.
+    pub fn is_stored(&self) -> bool {
+        self.stored.load(Ordering::Acquire)
+    }
+}
+
+/// Plain data to JSON; these types always serialize.
+fn json_of<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 /// How the workload ended, for [`SandboxSession::finish`].

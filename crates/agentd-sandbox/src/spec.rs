@@ -32,6 +32,8 @@ pub struct LimitsRequest {
     pub wall_clock_secs: Option<u64>,
     pub pids: Option<u64>,
     pub output_bytes: Option<u64>,
+    /// The size of each writable tmpfs (`/work`, `/tmp`), in MiB.
+    pub disk_mb: Option<u64>,
 }
 
 /// Limits in force for one sandbox, every one set.
@@ -80,6 +82,22 @@ impl Default for LimitPolicy {
     }
 }
 
+/// An operator's `[sandbox]` limits that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("`{section}.{field}` must be at least 1")]
+    Zero {
+        section: &'static str,
+        field: &'static str,
+    },
+    #[error("`defaults.{field}` ({default}) is above `maximums.{field}` ({max})")]
+    DefaultAboveMax {
+        field: &'static str,
+        default: u64,
+        max: u64,
+    },
+}
+
 /// A request that cannot be honoured; nothing was started.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
@@ -99,6 +117,66 @@ pub enum SpecError {
 pub const MAX_CODE_BYTES: usize = 512 * 1024;
 
 impl LimitPolicy {
+    /// The operator's defaults and maximums (`[sandbox.defaults]`,
+    /// `[sandbox.maximums]`) over the built-in ones; each set value at
+    /// least 1, and no default above its maximum.
+    pub fn configured(
+        defaults: &LimitsRequest,
+        maximums: &LimitsRequest,
+    ) -> Result<LimitPolicy, PolicyError> {
+        let base = LimitPolicy::default();
+        let over = |section: &'static str, base: &Limits, set: &LimitsRequest| {
+            let pick = |field: &'static str, v: Option<u64>, d: u64| match v {
+                Some(0) => Err(PolicyError::Zero { section, field }),
+                v => Ok(v.unwrap_or(d)),
+            };
+            Ok::<_, PolicyError>(Limits {
+                memory_mb: pick("memory_mb", set.memory_mb, base.memory_mb)?,
+                cpu_secs: pick("cpu_secs", set.cpu_secs, base.cpu_secs)?,
+                wall_clock_secs: pick(
+                    "wall_clock_secs",
+                    set.wall_clock_secs,
+                    base.wall_clock_secs,
+                )?,
+                pids: pick("pids", set.pids, base.pids)?,
+                output_bytes: pick("output_bytes", set.output_bytes, base.output_bytes)?,
+                disk_mb: pick("disk_mb", set.disk_mb, base.disk_mb)?,
+            })
+        };
+        let maximums = over("maximums", &base.maximums, maximums)?;
+        // A maximum lowered below a built-in default lowers that default.
+        let floor = Limits {
+            memory_mb: base.defaults.memory_mb.min(maximums.memory_mb),
+            cpu_secs: base.defaults.cpu_secs.min(maximums.cpu_secs),
+            wall_clock_secs: base.defaults.wall_clock_secs.min(maximums.wall_clock_secs),
+            pids: base.defaults.pids.min(maximums.pids),
+            output_bytes: base.defaults.output_bytes.min(maximums.output_bytes),
+            disk_mb: base.defaults.disk_mb.min(maximums.disk_mb),
+        };
+        let defaults = over("defaults", &floor, defaults)?;
+        for (field, default, max) in [
+            ("memory_mb", defaults.memory_mb, maximums.memory_mb),
+            ("cpu_secs", defaults.cpu_secs, maximums.cpu_secs),
+            (
+                "wall_clock_secs",
+                defaults.wall_clock_secs,
+                maximums.wall_clock_secs,
+            ),
+            ("pids", defaults.pids, maximums.pids),
+            ("output_bytes", defaults.output_bytes, maximums.output_bytes),
+            ("disk_mb", defaults.disk_mb, maximums.disk_mb),
+        ] {
+            if default > max {
+                return Err(PolicyError::DefaultAboveMax {
+                    field,
+                    default,
+                    max,
+                });
+            }
+        }
+        Ok(LimitPolicy { defaults, maximums })
+    }
+
     /// The request's limits over the defaults, each checked against its maximum.
     pub fn resolve(&self, req: &LimitsRequest) -> Result<Limits, SpecError> {
         let pick = |field: &'static str, v: Option<u64>, d: u64, max: u64| match v {
@@ -123,7 +201,7 @@ impl LimitPolicy {
                 d.output_bytes,
                 m.output_bytes,
             )?,
-            disk_mb: d.disk_mb.min(m.disk_mb),
+            disk_mb: pick("disk_mb", req.disk_mb, d.disk_mb, m.disk_mb)?,
         })
     }
 }
@@ -167,5 +245,52 @@ mod tests {
                 max: 1024
             }
         );
+    }
+
+    #[test]
+    fn configured_limits_are_checked_and_fill_the_rest() {
+        let p = LimitPolicy::configured(
+            &LimitsRequest {
+                memory_mb: Some(128),
+                ..Default::default()
+            },
+            &LimitsRequest {
+                memory_mb: Some(512),
+                wall_clock_secs: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(p.defaults.memory_mb, 128);
+        assert_eq!(p.maximums.memory_mb, 512);
+        // The built-in default (30 s) is lowered to the new maximum.
+        assert_eq!(p.defaults.wall_clock_secs, 5);
+        assert_eq!(p.maximums.pids, LimitPolicy::default().maximums.pids);
+        let zero = LimitsRequest {
+            pids: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            LimitPolicy::configured(&zero, &LimitsRequest::default()),
+            Err(PolicyError::Zero {
+                section: "defaults",
+                field: "pids"
+            })
+        );
+        let high = LimitsRequest {
+            cpu_secs: Some(100),
+            ..Default::default()
+        };
+        let low = LimitsRequest {
+            cpu_secs: Some(50),
+            ..Default::default()
+        };
+        assert!(matches!(
+            LimitPolicy::configured(&high, &low),
+            Err(PolicyError::DefaultAboveMax {
+                field: "cpu_secs",
+                ..
+            })
+        ));
     }
 }

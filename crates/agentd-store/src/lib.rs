@@ -16,6 +16,7 @@ mod hub;
 mod keys;
 mod metrics;
 pub mod postgres;
+mod sandboxes;
 pub mod sqlite;
 mod types;
 
@@ -23,8 +24,12 @@ pub use error::StoreError;
 pub use hub::{EventHub, HubMessage, RunSubscription};
 pub use keys::*;
 pub use metrics::{StoreMetrics, StoreMetricsSnapshot};
+pub use sandboxes::{
+    ORPHAN_ERROR, ORPHAN_KILL_REASON, ORPHAN_PHASE, SandboxRecord, UNFINISHED_PHASES,
+};
 pub use types::*;
 
+use agentd_core::time::Millis;
 use agentd_core::{AuditRecord, Event, Message, NewEvent, Run, Session, TenantId};
 use async_trait::async_trait;
 
@@ -136,4 +141,31 @@ pub trait Store: Send + Sync + 'static {
         filter: AuditFilter,
         page: PageRequest,
     ) -> Result<Page<AuditRecord>, StoreError>;
+
+    // --- sandbox sessions (DESIGN §6) -----------------------------------------
+
+    /// Inserts or replaces the sandbox's record and appends its audit
+    /// entries, in one transaction through the group-commit writer; durable
+    /// when this returns.
+    async fn put_sandbox(
+        &self,
+        record: SandboxRecord,
+        audit: Vec<AuditRecord>,
+    ) -> Result<(), StoreError>;
+    async fn get_sandbox(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<SandboxRecord>, StoreError>;
+    /// Newest first.
+    async fn list_sandboxes(
+        &self,
+        tenant: &TenantId,
+        page: PageRequest,
+    ) -> Result<Page<SandboxRecord>, StoreError>;
+    /// Ends every record, in any tenant, still pending or running whose
+    /// `deadline_at` is before `now`: no process can be behind it any more.
+    /// It becomes [`ORPHAN_PHASE`] with [`ORPHAN_KILL_REASON`]. (SQLite also
+    /// ends all of them at open: one process owns a data dir.) Returns how many.
+    async fn end_orphaned_sandboxes(&self, now: Millis) -> Result<u64, StoreError>;
 }

@@ -146,6 +146,13 @@ pub struct SandboxSection {
     pub egress_allow: Vec<String>,
     /// Sandboxes running at once in this process.
     pub max_running: Option<usize>,
+    /// `[sandbox.defaults]`: the limits a request that omits one gets.
+    #[serde(default)]
+    pub defaults: agentd_sandbox::LimitsRequest,
+    /// `[sandbox.maximums]`: the most a request may ask; above is a 400
+    /// naming the field.
+    #[serde(default)]
+    pub maximums: agentd_sandbox::LimitsRequest,
 }
 
 /// `[chat]`: the chat surface of seed 002.

@@ -1,17 +1,17 @@
 //! Starts the sandbox service for `serve`: the operator's `[sandbox]` and
-//! `[egress]` settings, the store as its audit sink, and the start-up probe
-//! whose answer `/health` reports.
+//! `[egress]` settings, the store that keeps sessions and their audit
+//! trail, and the start-up probe whose answer `/health` reports.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use agentd_engine::tools::OperatorEgress;
-use agentd_engine::tools::run_code::{StoreAuditSink, addr_check};
+use agentd_engine::tools::run_code::addr_check;
 use agentd_sandbox::service::EgressCeiling;
-use agentd_sandbox::{HostRule, SandboxConfig, SandboxService};
+use agentd_sandbox::{HostRule, LimitPolicy, SandboxConfig, SandboxService};
 use agentd_server::SandboxApi;
 use agentd_store::Store;
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 use crate::config::Settings;
 
@@ -32,7 +32,9 @@ pub async fn start(
     if let Some(n) = settings.sandbox.max_running {
         config.max_running = n;
     }
-    let service = SandboxService::start(config, Arc::new(StoreAuditSink(store))).await;
+    config.limits = LimitPolicy::configured(&settings.sandbox.defaults, &settings.sandbox.maximums)
+        .context("invalid [sandbox] limits")?;
+    let service = SandboxService::start(config, store).await;
     Ok(SandboxApi {
         service,
         ceiling: EgressCeiling {

@@ -5,10 +5,9 @@
 
 use std::sync::Arc;
 
-use agentd_core::{AuditRecord, TenantId};
+use agentd_core::TenantId;
 use agentd_sandbox::service::{AuditOrigin, EgressCeiling, EgressMode, EgressRequest};
-use agentd_sandbox::{AuditSink, CreateRequest, HostRule, Language, SandboxService};
-use agentd_store::Store;
+use agentd_sandbox::{CreateRequest, HostRule, Language, SandboxService};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -19,23 +18,6 @@ use crate::models::ToolSpec;
 
 /// Output shown to the model per stream; the full text stays on the session.
 const MODEL_OUTPUT_BYTES: usize = 16 * 1024;
-
-/// Writes sandbox audit entries into the store's trail.
-pub struct StoreAuditSink(pub Arc<dyn Store>);
-
-impl AuditSink for StoreAuditSink {
-    fn record(
-        &self,
-        records: Vec<AuditRecord>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        let store = self.0.clone();
-        Box::pin(async move {
-            if let Err(e) = store.record_audit(records).await {
-                tracing::warn!(error = %e, "could not record sandbox audit entries");
-            }
-        })
-    }
-}
 
 /// The operator's address rules as the proxy's per-address check.
 pub fn addr_check(operator: &OperatorEgress) -> agentd_sandbox::egress::AddrCheck {

@@ -1,6 +1,8 @@
 //! `/v1/sandboxes` (seed 004, DESIGN §3): run code in the sandbox, follow
 //! its frames, read its result and audit trail, tear it down. Tenant-scoped:
-//! another tenant's sandbox is a 404 like a missing one.
+//! another tenant's sandbox is a 404 like a missing one. A running sandbox
+//! is read from the service's memory; an ended one from the store, so it
+//! outlives the process.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -10,13 +12,14 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use futures::Stream;
+use axum::response::sse::{Event as SseEvent, KeepAlive, KeepAliveStream, Sse};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use agentd_sandbox::service::{AuditOrigin, CreateError, EgressCeiling, EgressRequest};
-use agentd_sandbox::{CreateRequest, Language, LimitsRequest, SandboxService, SandboxSession};
+use agentd_sandbox::{
+    CreateRequest, Found, Frame, Language, LimitsRequest, SandboxService, TeardownOutcome,
+};
 use agentd_store::AuditFilter;
 
 use crate::AppState;
@@ -58,14 +61,11 @@ fn api(state: &AppState) -> Result<&SandboxApi, ApiError> {
         .ok_or_else(|| ApiError::SandboxUnavailable("no sandbox backend in this process".into()))
 }
 
-fn find(
-    state: &AppState,
-    principal: &Principal,
-    id: &str,
-) -> Result<Arc<SandboxSession>, ApiError> {
+async fn find(state: &AppState, principal: &Principal, id: &str) -> Result<Found, ApiError> {
     api(state)?
         .service
-        .get(&principal.tenant, id)
+        .find(&principal.tenant, id)
+        .await?
         .ok_or(ApiError::NotFound(Resource::Sandbox))
 }
 
@@ -85,6 +85,7 @@ impl From<CreateError> for ApiError {
             CreateError::Invalid(e) => ApiError::InvalidRequest(e.to_string()),
             CreateError::Unavailable(_) => ApiError::SandboxUnavailable(e.to_string()),
             CreateError::Busy(_) => ApiError::SandboxBusy(e.to_string()),
+            CreateError::Store(e) => e.into(),
         }
     }
 }
@@ -124,21 +125,11 @@ pub async fn list(
     QueryParams(q): QueryParams<PageQuery>,
 ) -> Result<Json<List<agentd_sandbox::SandboxView>>, ApiError> {
     principal.require(Scope::SandboxesRead)?;
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::InvalidRequest(format!(
-            "invalid field `limit`: must be between 1 and {MAX_PAGE}"
-        )));
-    }
-    let items = api(&state)?
-        .service
-        .list(&principal.tenant, q.cursor.as_deref(), limit as usize);
-    let next_cursor = (items.len() == limit as usize)
-        .then(|| items.last().map(|s| s.info.id.clone()))
-        .flatten();
+    let page = q.to_request()?;
+    let page = api(&state)?.service.list(&principal.tenant, page).await?;
     Ok(Json(List {
-        data: items.iter().map(|s| s.view()).collect(),
-        next_cursor,
+        data: page.items,
+        next_cursor: page.next.as_ref().map(encode_cursor),
     }))
 }
 
@@ -151,7 +142,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<agentd_sandbox::SandboxView>, ApiError> {
     principal.require(Scope::SandboxesRead)?;
-    Ok(Json(find(&state, &principal, &id)?.view()))
+    Ok(Json(find(&state, &principal, &id).await?.view()?))
 }
 
 /// The structured result; 409 `SANDBOX_RUNNING` until the workload is over.
@@ -164,10 +155,11 @@ pub async fn result(
     Path(id): Path<String>,
 ) -> Result<Json<agentd_sandbox::SandboxResult>, ApiError> {
     principal.require(Scope::SandboxesRead)?;
-    find(&state, &principal, &id)?
-        .result()
-        .map(Json)
-        .ok_or(ApiError::SandboxRunning)
+    let result = match find(&state, &principal, &id).await? {
+        Found::Live(s) => s.result(),
+        Found::Stored(r) => agentd_sandbox::record::result_of(&r)?,
+    };
+    result.map(Json).ok_or(ApiError::SandboxRunning)
 }
 
 /// The sandbox's audit trail from the store, oldest first.
@@ -179,7 +171,23 @@ pub async fn audit(
     Path(id): Path<String>,
 ) -> Result<Json<List<AuditView>>, ApiError> {
     principal.require(Scope::SandboxesRead)?;
-    find(&state, &principal, &id)?;
+    find(&state, &principal, &id).await?;
+    Ok(Json(List {
+        data: trail(&state, &principal, id)
+            .await?
+            .iter()
+            .map(AuditView::of)
+            .collect(),
+        next_cursor: None,
+    }))
+}
+
+/// The sandbox's whole audit trail, oldest first.
+async fn trail(
+    state: &AppState,
+    principal: &Principal,
+    id: String,
+) -> Result<Vec<agentd_core::AuditRecord>, ApiError> {
     let filter = AuditFilter {
         target_id: Some(id),
         ..AuditFilter::default()
@@ -197,17 +205,14 @@ pub async fn audit(
             .store()
             .list_audit(&principal.tenant, filter.clone(), page)
             .await?;
-        data.extend(page.items.iter().map(AuditView::of));
+        data.extend(page.items);
         match page.next.as_ref() {
             Some(next) => cursor = Some(encode_cursor(next)),
             None => break,
         }
     }
     data.reverse();
-    Ok(Json(List {
-        data,
-        next_cursor: None,
-    }))
+    Ok(data)
 }
 
 /// Frames `phase`, `stdout`, `stderr`, `audit`, `result`, `end`, from the
@@ -219,9 +224,22 @@ pub async fn stream(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<Sse<KeepAliveStream<FrameStream>>, ApiError> {
     principal.require(Scope::SandboxesRead)?;
-    let session = find(&state, &principal, &id)?;
+    // Every frame from memory while the session is there; else a summary
+    // from the store (`agentd_sandbox::record::replay`).
+    let session = match api(&state)?.service.live(&principal.tenant, &id) {
+        Some(s) => s,
+        None => {
+            let Found::Stored(record) = find(&state, &principal, &id).await? else {
+                return Err(ApiError::NotFound(Resource::Sandbox));
+            };
+            let trail = trail(&state, &principal, id).await?;
+            let frames = agentd_sandbox::record::replay(&record, &trail)?;
+            return Ok(Sse::new(replayed(frames))
+                .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")));
+        }
+    };
     let (token, slot) = state.stream_token(&principal);
     let frames = futures::stream::unfold(
         (
@@ -242,15 +260,7 @@ pub async fn stream(
                     let (frames, ended) = session.frames_from(sent);
                     if !frames.is_empty() {
                         sent += frames.len();
-                        let events: Vec<SseEvent> = frames
-                            .iter()
-                            .map(|f| {
-                                SseEvent::default()
-                                    .event(f.kind)
-                                    .id(f.seq.to_string())
-                                    .data(serde_json::to_string(f).unwrap_or_default())
-                            })
-                            .collect();
+                        let events: Vec<SseEvent> = frames.iter().map(sse_event).collect();
                         let finished = ended && session.frames_from(sent).0.is_empty();
                         return Some((
                             futures::stream::iter(events),
@@ -269,8 +279,22 @@ pub async fn stream(
         },
     );
     use futures::StreamExt;
-    Ok(Sse::new(frames.flatten().map(Ok))
+    Ok(Sse::new(frames.flatten().map(Ok).boxed())
         .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+}
+
+type FrameStream = futures::stream::BoxStream<'static, Result<SseEvent, Infallible>>;
+
+fn replayed(frames: Vec<Frame>) -> FrameStream {
+    use futures::StreamExt;
+    futures::stream::iter(frames.iter().map(sse_event).map(Ok).collect::<Vec<_>>()).boxed()
+}
+
+fn sse_event(f: &Frame) -> SseEvent {
+    SseEvent::default()
+        .event(f.kind)
+        .id(f.seq.to_string())
+        .data(serde_json::to_string(f).unwrap_or_default())
 }
 
 /// Teardown: kills a running sandbox, then 204. Idempotent.
@@ -283,10 +307,13 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     principal.require(Scope::SandboxesWrite)?;
-    let session = find(&state, &principal, &id)?;
-    api(&state)?
+    let outcome = api(&state)?
         .service
-        .teardown(&session, origin(&principal))
-        .await;
-    Ok(StatusCode::NO_CONTENT)
+        .teardown(&principal.tenant, &id, origin(&principal))
+        .await?;
+    match outcome {
+        TeardownOutcome::Done => Ok(StatusCode::NO_CONTENT),
+        TeardownOutcome::NotFound => Err(ApiError::NotFound(Resource::Sandbox)),
+        TeardownOutcome::RunningElsewhere => Err(ApiError::SandboxRunning),
+    }
 }

@@ -19,11 +19,13 @@ mod keys;
 mod notify;
 mod ops;
 mod plain;
+mod sandboxes;
 mod writer;
 
 use std::str::FromStr;
 use std::time::Duration;
 
+use agentd_core::time::Millis;
 use agentd_core::{AuditRecord, Event, Message, NewEvent, Run, Session, TenantId};
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -34,7 +36,7 @@ use crate::sqlite::rows::{EventRow, MessageRow, RunRow, SessionRow};
 use crate::{
     ApiKey, AuditFilter, ClaimRequest, ClaimedRun, CreateRunOutcome, EventHub, Heartbeat,
     KeyChange, KeyRotation, Lease, NewRun, NewSession, Page, PageRequest, RunFilter, RunUpdate,
-    SignalOutcome, SignalRun, Store, StoreError, StoreMetrics, StoreMetricsSnapshot,
+    SandboxRecord, SignalOutcome, SignalRun, Store, StoreError, StoreMetrics, StoreMetricsSnapshot,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -455,6 +457,38 @@ impl Store for PgStore {
         page: PageRequest,
     ) -> Result<Page<AuditRecord>, StoreError> {
         keys::list_audit(&self.pool, tenant, filter, page).await
+    }
+
+    async fn put_sandbox(
+        &self,
+        record: SandboxRecord,
+        audit: Vec<AuditRecord>,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .submit(sandboxes::put_sandbox, (record, audit))
+            .await
+    }
+
+    async fn get_sandbox(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<SandboxRecord>, StoreError> {
+        sandboxes::get_sandbox(&self.pool, tenant, id).await
+    }
+
+    async fn list_sandboxes(
+        &self,
+        tenant: &TenantId,
+        page: PageRequest,
+    ) -> Result<Page<SandboxRecord>, StoreError> {
+        sandboxes::list_sandboxes(&self.pool, tenant, page).await
+    }
+
+    async fn end_orphaned_sandboxes(&self, now: Millis) -> Result<u64, StoreError> {
+        self.writer
+            .submit(sandboxes::end_orphans, (now, Some(now)))
+            .await
     }
 }
 

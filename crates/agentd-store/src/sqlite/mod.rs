@@ -10,6 +10,7 @@ mod batch;
 pub(crate) mod keys;
 mod ops;
 pub(crate) mod rows;
+mod sandboxes;
 mod writer;
 
 use std::fs::File;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use agentd_core::time::Millis;
 use agentd_core::{AuditRecord, Event, Message, NewEvent, Run, Session, TenantId};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -27,7 +29,7 @@ use self::writer::Writer;
 use crate::{
     ApiKey, AuditFilter, ClaimRequest, ClaimedRun, CreateRunOutcome, EventHub, Heartbeat,
     KeyChange, KeyRotation, Lease, NewRun, NewSession, Page, PageRequest, RunFilter, RunUpdate,
-    SignalOutcome, SignalRun, Store, StoreError, StoreMetrics, StoreMetricsSnapshot,
+    SandboxRecord, SignalOutcome, SignalRun, Store, StoreError, StoreMetrics, StoreMetricsSnapshot,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -81,6 +83,15 @@ impl SqliteStore {
         )
         .execute(&mut conn)
         .await?;
+        // So did every sandbox it ran (killed with it): end their records.
+        let orphans =
+            sandboxes::end_orphans_on(&mut conn, agentd_core::time::now_millis(), None).await?;
+        if orphans > 0 {
+            tracing::warn!(
+                orphans,
+                "sandboxes left running by the previous process were ended"
+            );
+        }
 
         let reads = SqlitePoolOptions::new()
             .max_connections(4)
@@ -377,5 +388,37 @@ impl Store for SqliteStore {
         page: PageRequest,
     ) -> Result<Page<AuditRecord>, StoreError> {
         keys::list_audit(&self.reads, tenant, filter, page).await
+    }
+
+    async fn put_sandbox(
+        &self,
+        record: SandboxRecord,
+        audit: Vec<AuditRecord>,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .submit(sandboxes::put_sandbox, (record, audit))
+            .await
+    }
+
+    async fn get_sandbox(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<SandboxRecord>, StoreError> {
+        sandboxes::get_sandbox(&self.reads, tenant, id).await
+    }
+
+    async fn list_sandboxes(
+        &self,
+        tenant: &TenantId,
+        page: PageRequest,
+    ) -> Result<Page<SandboxRecord>, StoreError> {
+        sandboxes::list_sandboxes(&self.reads, tenant, page).await
+    }
+
+    async fn end_orphaned_sandboxes(&self, now: Millis) -> Result<u64, StoreError> {
+        self.writer
+            .submit(sandboxes::end_orphans, (now, Some(now)))
+            .await
     }
 }

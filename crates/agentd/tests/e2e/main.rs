@@ -10,6 +10,7 @@ mod local_model;
 mod mcp;
 mod sandbox;
 mod sandbox_egress;
+mod sandbox_store;
 mod startup;
 mod streaming;
 mod support;

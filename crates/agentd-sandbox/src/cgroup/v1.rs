@@ -1,5 +1,5 @@
-//! Per-sandbox limits through cgroup v1 (these hosts are a v1 hybrid whose
-//! v2 side lacks the memory and pids controllers). Each sandbox gets one
+//! The cgroup v1 backend (these hosts are a v1 hybrid whose v2 side lacks
+//! the memory and pids controllers). Each sandbox gets one
 //! directory per controller under a shared parent, `agentd-sandboxes`,
 //! created beneath the daemon's own cgroup (so any limit placed on the
 //! daemon also bounds its sandboxes). The parent's `cpu.shares` is half
@@ -8,10 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-/// Where cgroup v1 hierarchies are mounted.
-const ROOT: &str = "/sys/fs/cgroup";
-/// The parent of every sandbox's cgroup.
-const PARENT: &str = "agentd-sandboxes";
+use super::{CgroupError, CgroupLimits, PARENT, Usage, io, key, kill_listed};
+
 /// The parent's CPU weight: half of one of the daemon's threads (1024
 /// each), so all sandboxes together stay below the daemon. Shares only
 /// matter under contention, but on a shared host they also weigh the
@@ -20,64 +18,33 @@ const PARENT: &str = "agentd-sandboxes";
 /// against ~29 ms at 512; `bench/README.md`).
 const PARENT_SHARES: u32 = 512;
 /// CFS period; the per-sandbox quota equals it (one CPU).
-const CFS_PERIOD_US: u64 = 100_000;
-const CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuacct", "pids"];
-
-#[derive(Debug, thiserror::Error)]
-pub enum CgroupError {
-    #[error("cgroup v1 controller {0} is not mounted at {ROOT}/{0}")]
-    Missing(&'static str),
-    #[error("cgroup {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
-    move |source| CgroupError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-/// The daemon's cgroup path in `controller`'s hierarchy (`/proc/self/cgroup`).
-fn own_path(controller: &str) -> String {
-    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-            ctrls
-                .split(',')
-                .any(|c| c == controller)
-                .then(|| path.to_owned())
-        })
-        .next()
-        .unwrap_or_else(|| "/".to_owned())
-}
+const CFS_PERIOD_US: u64 = super::CFS_PERIOD_US;
+pub(super) const CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuacct", "pids"];
 
 /// The shared parent, one directory per controller.
 #[derive(Clone, Debug)]
-pub struct CgroupParent {
+pub struct V1Parent {
     /// Controller name → the parent's directory.
     dirs: Vec<(&'static str, PathBuf)>,
 }
 
-impl CgroupParent {
-    /// Creates (or reuses) the parent and sets its CPU share.
-    pub fn open() -> Result<Self, CgroupError> {
+impl V1Parent {
+    /// Creates (or reuses) the parent under `root` (where the v1
+    /// hierarchies are mounted) and sets its CPU share.
+    pub fn open(root: &Path) -> Result<Self, CgroupError> {
         let mut dirs = Vec::new();
         for c in CONTROLLERS {
-            let mount = Path::new(ROOT).join(c);
+            let mount = root.join(c);
             if !mount.join("cgroup.procs").exists() {
                 return Err(CgroupError::Missing(c));
             }
-            let dir = mount.join(own_path(c).trim_start_matches('/')).join(PARENT);
+            let dir = mount
+                .join(super::own_path(c).trim_start_matches('/'))
+                .join(PARENT);
             std::fs::create_dir_all(&dir).map_err(io(&dir))?;
             dirs.push((c, dir));
         }
-        let parent = CgroupParent { dirs };
+        let parent = V1Parent { dirs };
         parent.write("cpu", "cpu.shares", &PARENT_SHARES.to_string())?;
         Ok(parent)
     }
@@ -97,10 +64,10 @@ impl CgroupParent {
     }
 
     /// A fresh cgroup for one sandbox with its limits set.
-    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<SandboxCgroup, CgroupError> {
+    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<V1Group, CgroupError> {
         let dirs: Vec<(&'static str, PathBuf)> =
             self.dirs.iter().map(|(c, d)| (*c, d.join(name))).collect();
-        let cg = SandboxCgroup { dirs };
+        let cg = V1Group { dirs };
         for (_, d) in &cg.dirs {
             std::fs::create_dir(d).map_err(io(d))?;
         }
@@ -122,31 +89,13 @@ impl CgroupParent {
     }
 }
 
-/// What [`CgroupParent::create`] sets.
-#[derive(Clone, Copy, Debug)]
-pub struct CgroupLimits {
-    pub memory_bytes: u64,
-    pub pids: u64,
-}
-
-/// One sandbox's cgroups. Removed on drop once empty.
+/// One sandbox's cgroups, one per controller. Removed on drop once empty.
 #[derive(Debug)]
-pub struct SandboxCgroup {
+pub struct V1Group {
     dirs: Vec<(&'static str, PathBuf)>,
 }
 
-/// Counters read back to explain an end.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub cpu_nanos: u64,
-    pub memory_peak_bytes: u64,
-    /// The OOM killer fired in this group.
-    pub oom_killed: bool,
-    /// A fork or clone was refused at `pids.max`.
-    pub pids_hit: bool,
-}
-
-impl SandboxCgroup {
+impl V1Group {
     fn dir(&self, controller: &str) -> &Path {
         &self
             .dirs
@@ -174,11 +123,6 @@ impl SandboxCgroup {
     }
 
     pub fn usage(&self) -> Usage {
-        let key = |text: &str, name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
         Usage {
             cpu_nanos: self
                 .read("cpuacct", "cpuacct.usage")
@@ -190,42 +134,18 @@ impl SandboxCgroup {
                 .trim()
                 .parse()
                 .unwrap_or(0),
-            oom_killed: key(&self.read("memory", "memory.oom_control"), "oom_kill ") > 0,
-            pids_hit: key(&self.read("pids", "pids.events"), "max ") > 0,
+            oom_killed: key(&self.read("memory", "memory.oom_control"), "oom_kill") > 0,
+            pids_hit: key(&self.read("pids", "pids.events"), "max") > 0,
         }
-    }
-
-    /// The processes still in the group.
-    pub fn pids(&self) -> Vec<i32> {
-        self.read("pids", "cgroup.procs")
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
     }
 
     /// One pass: SIGKILLs every process now in the group; how many there were.
     pub fn kill_pass(&self) -> usize {
-        let pids = self.pids();
-        for &pid in &pids {
-            // SAFETY: plain kill(2) on a pid read from our own cgroup.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        pids.len()
-    }
-
-    /// Passes until none is left (a fork bomb may race the first pass;
-    /// `pids.max` bounds how many it takes). Blocking: sleeps between passes.
-    pub fn kill_all(&self) {
-        for _ in 0..100 {
-            if self.kill_pass() == 0 {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        kill_listed(&self.read("pids", "cgroup.procs"))
     }
 }
 
-impl Drop for SandboxCgroup {
+impl Drop for V1Group {
     fn drop(&mut self) {
         for (_, d) in &self.dirs {
             // Fails only if a process is left; the kernel frees it then.
