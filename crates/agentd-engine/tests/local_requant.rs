@@ -76,12 +76,14 @@ fn q4_1_weights_become_q8_0_and_stay_within_q8_0s_rounding() {
     assert_eq!(q.shape().dims(), [32, 576]);
     // Q8_0 rounds each value to within half a step of its block's scale
     // d = max|x| / 127, plus up to 127 × d × 2^-11 from storing d as f16:
-    // under 0.6 d, far inside Q4_1's own step (range / 15).
+    // under 0.6 d, far inside Q4_1's own step (range / 15). Blocks of tiny
+    // weights have d below f16's normal range, whose steps are 2^-24.
     let (before, after) = (values(&stored), values(&q));
     for (block_before, block_after) in before.chunks(32).zip(after.chunks(32)) {
         let max = block_before.iter().fold(0f32, |m, v| m.max(v.abs()));
         for (b, a) in block_before.iter().zip(block_after) {
-            assert!((b - a).abs() <= 0.6 * max / 127.0, "{b} became {a}");
+            let bound = 0.6 * max / 127.0 + 127.0 * 2f32.powi(-24);
+            assert!((b - a).abs() <= bound, "{b} became {a}");
         }
     }
     // Types candle already vectorises, and plain floats, are copied as is.
