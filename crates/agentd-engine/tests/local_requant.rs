@@ -62,7 +62,10 @@ fn q4_1_weights_become_q8_0_and_stay_within_q8_0s_rounding() {
     )
     .unwrap();
     let file = gguf(&[
-        ("blk.0.attn_q.weight", quantized(32, 576, 0.0, GgmlDType::Q4_1)),
+        (
+            "blk.0.attn_q.weight",
+            quantized(32, 576, 0.0, GgmlDType::Q4_1),
+        ),
         ("output_norm.weight", norm),
         ("output.weight", quantized(64, 576, 1.0, GgmlDType::Q8_0)),
     ]);
@@ -99,7 +102,10 @@ fn q4_1_weights_become_q8_0_and_stay_within_q8_0s_rounding() {
 #[test]
 fn tied_embeddings_keep_the_stored_table_and_get_a_converted_output() {
     let stored = quantized(64, 576, 2.0, GgmlDType::Q4_1);
-    let file = gguf(&[("token_embd.weight", quantized(64, 576, 2.0, GgmlDType::Q4_1))]);
+    let file = gguf(&[(
+        "token_embd.weight",
+        quantized(64, 576, 2.0, GgmlDType::Q4_1),
+    )]);
     let mut converted = convert(&file, DEFAULT_REQUANT).expect("a Q4_1 tensor to convert");
 
     // The lookup table stays exactly as stored...
@@ -116,40 +122,66 @@ fn tied_embeddings_keep_the_stored_table_and_get_a_converted_output() {
 #[test]
 fn k_quant_targets_fall_back_to_q8_0_for_rows_that_are_not_256_wide() {
     let file = gguf(&[
-        ("blk.0.attn_q.weight", quantized(32, 576, 0.0, GgmlDType::Q4_1)),
-        ("blk.0.ffn_down.weight", quantized(32, 1536, 0.5, GgmlDType::Q5_0)),
+        (
+            "blk.0.attn_q.weight",
+            quantized(32, 576, 0.0, GgmlDType::Q4_1),
+        ),
+        (
+            "blk.0.ffn_down.weight",
+            quantized(32, 1536, 0.5, GgmlDType::Q5_0),
+        ),
     ]);
-    let mut converted =
-        convert(&file, Requant::To(GgmlDType::Q4K)).expect("tensors to convert");
+    let mut converted = convert(&file, Requant::To(GgmlDType::Q4K)).expect("tensors to convert");
     assert_eq!(converted.summary.converted, 2);
     assert_eq!(converted.summary.fallback, 1);
     assert_eq!(
         converted.summary.conversions,
         ["q4_1 -> q8_0", "q5_0 -> q4_k"]
     );
-    assert_eq!(read(&mut converted, "blk.0.attn_q.weight").dtype(), GgmlDType::Q8_0);
-    assert_eq!(read(&mut converted, "blk.0.ffn_down.weight").dtype(), GgmlDType::Q4K);
+    assert_eq!(
+        read(&mut converted, "blk.0.attn_q.weight").dtype(),
+        GgmlDType::Q8_0
+    );
+    assert_eq!(
+        read(&mut converted, "blk.0.ffn_down.weight").dtype(),
+        GgmlDType::Q4K
+    );
 }
 
 #[test]
 fn the_same_file_converts_to_the_same_bytes_every_time() {
     let file = gguf(&[
-        ("token_embd.weight", quantized(64, 576, 2.0, GgmlDType::Q4_1)),
-        ("blk.0.attn_q.weight", quantized(32, 576, 0.0, GgmlDType::Q4_1)),
-        ("blk.0.attn_k.weight", quantized(32, 576, 3.0, GgmlDType::Q5_1)),
+        (
+            "token_embd.weight",
+            quantized(64, 576, 2.0, GgmlDType::Q4_1),
+        ),
+        (
+            "blk.0.attn_q.weight",
+            quantized(32, 576, 0.0, GgmlDType::Q4_1),
+        ),
+        (
+            "blk.0.attn_k.weight",
+            quantized(32, 576, 3.0, GgmlDType::Q5_1),
+        ),
     ]);
     let first = convert(&file, DEFAULT_REQUANT).expect("tensors to convert");
     let second = convert(&file, DEFAULT_REQUANT).expect("tensors to convert");
     assert_eq!(first.data.get_ref(), second.data.get_ref());
     for (name, info) in &first.content.tensor_infos {
         let other = &second.content.tensor_infos[name];
-        assert_eq!((info.offset, info.ggml_dtype), (other.offset, other.ggml_dtype));
+        assert_eq!(
+            (info.offset, info.ggml_dtype),
+            (other.offset, other.ggml_dtype)
+        );
     }
 }
 
 #[test]
 fn nothing_is_converted_when_asked_not_to_or_when_nothing_is_slow() {
-    let slow = gguf(&[("blk.0.attn_q.weight", quantized(32, 576, 0.0, GgmlDType::Q4_1))]);
+    let slow = gguf(&[(
+        "blk.0.attn_q.weight",
+        quantized(32, 576, 0.0, GgmlDType::Q4_1),
+    )]);
     let kept = convert(&slow, Requant::Keep).err().expect("kept as stored");
     assert_eq!(
         kept.tensor_infos["blk.0.attn_q.weight"].ggml_dtype,
@@ -157,10 +189,19 @@ fn nothing_is_converted_when_asked_not_to_or_when_nothing_is_slow() {
     );
 
     let fast = gguf(&[
-        ("blk.0.attn_q.weight", quantized(32, 576, 0.0, GgmlDType::Q8_0)),
-        ("blk.0.ffn_down.weight", quantized(32, 512, 0.0, GgmlDType::Q4K)),
+        (
+            "blk.0.attn_q.weight",
+            quantized(32, 576, 0.0, GgmlDType::Q8_0),
+        ),
+        (
+            "blk.0.ffn_down.weight",
+            quantized(32, 512, 0.0, GgmlDType::Q4K),
+        ),
     ]);
-    assert!(convert(&fast, DEFAULT_REQUANT).is_err(), "nothing to convert");
+    assert!(
+        convert(&fast, DEFAULT_REQUANT).is_err(),
+        "nothing to convert"
+    );
 }
 
 #[test]

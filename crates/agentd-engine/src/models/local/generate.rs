@@ -97,14 +97,19 @@ impl LoadedModel {
             .map_or(quantized_llama::MAX_SEQ_LEN, |c| c as usize)
             .min(quantized_llama::MAX_SEQ_LEN);
         let device = Device::Cpu;
-        let bad = |e: candle_core::Error| LocalError::Unsupported(format!("{}: {e}", path.display()));
+        let bad =
+            |e: candle_core::Error| LocalError::Unsupported(format!("{}: {e}", path.display()));
         let (weights, requant) = match requant::convert(ct, &mut file, requant).map_err(bad)? {
             Ok(mut converted) => {
-                let weights = ModelWeights::from_gguf(converted.content, &mut converted.data, &device)
-                    .map_err(bad)?;
+                let weights =
+                    ModelWeights::from_gguf(converted.content, &mut converted.data, &device)
+                        .map_err(bad)?;
                 (weights, Some(converted.summary))
             }
-            Err(ct) => (ModelWeights::from_gguf(ct, &mut file, &device).map_err(bad)?, None),
+            Err(ct) => (
+                ModelWeights::from_gguf(ct, &mut file, &device).map_err(bad)?,
+                None,
+            ),
         };
         Ok(LoadedModel {
             weights,

@@ -116,7 +116,10 @@ pub fn convert<R: Read + Seek>(
         let info = &ct.tensor_infos[name];
         if !is_slow(info.ggml_dtype) {
             let bytes = raw_bytes(info, ct.tensor_data_offset, reader)?;
-            infos.insert(name.clone(), place(&mut data, info, info.ggml_dtype, &bytes));
+            infos.insert(
+                name.clone(),
+                place(&mut data, info, info.ggml_dtype, &bytes),
+            );
             continue;
         }
         let qtensor = info.read(reader, ct.tensor_data_offset, &Device::Cpu)?;
@@ -126,7 +129,10 @@ pub fn convert<R: Read + Seek>(
             // the lookup (kept exact from the stored type) and multiplies
             // by it for the logits (the largest matmul, converted).
             let stored = raw_bytes(info, ct.tensor_data_offset, reader)?;
-            infos.insert(name.clone(), place(&mut data, info, info.ggml_dtype, &stored));
+            infos.insert(
+                name.clone(),
+                place(&mut data, info, info.ggml_dtype, &stored),
+            );
             infos.insert(OUTPUT.to_owned(), place(&mut data, info, dtype, &bytes));
         } else {
             infos.insert(name.clone(), place(&mut data, info, dtype, &bytes));
@@ -165,9 +171,11 @@ fn requantize(
     let values = qtensor.dequantize(&Device::Cpu)?;
     let converted = QTensor::quantize(&values, dtype)?;
     summary.converted += 1;
-    summary
-        .conversions
-        .push(format!("{} -> {}", type_name(qtensor.dtype()), type_name(dtype)));
+    summary.conversions.push(format!(
+        "{} -> {}",
+        type_name(qtensor.dtype()),
+        type_name(dtype)
+    ));
     Ok((converted.data()?.into_owned(), dtype))
 }
 
