@@ -6,7 +6,7 @@
 //! prompt token ids, greedy, for the same number of tokens.
 //!
 //! `agentd-local-bench [--gguf PATH] [--prompt-tokens 256] [--decode-tokens 128]
-//!  [--rounds 3] [--python python3]`
+//!  [--rounds 3] [--python python3] [--requant q8_0|q4_0|q4k|q8k|keep]`
 //!
 //! Without `--gguf`, the built-in model is taken from the models cache
 //! (fetched there first if missing). llama.cpp is skipped, with a note, when
@@ -18,6 +18,7 @@ use std::time::Instant;
 use agentd_engine::models::ChatMessage;
 use agentd_engine::models::local::fetch::{self, DEFAULT_MODEL, FetchOptions};
 use agentd_engine::models::local::generate::{LoadedModel, SamplingParams};
+use agentd_engine::models::local::requant::{DEFAULT_REQUANT, Requant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use serde_json::Value;
@@ -39,6 +40,10 @@ struct Args {
     /// The interpreter that has `llama-cpp-python` installed.
     #[arg(long, default_value = "python3")]
     python: String,
+    /// What the load converts weights candle has no SIMD kernel for to
+    /// (`keep`: run them as stored); default: what agentd does.
+    #[arg(long)]
+    requant: Option<Requant>,
 }
 
 /// One engine's best round.
@@ -76,11 +81,21 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let started = Instant::now();
-    let model = LoadedModel::load(&gguf)?;
+    let model = LoadedModel::load_with(&gguf, args.requant.unwrap_or(DEFAULT_REQUANT))?;
     println!(
         "agentd load: {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
+    match &model.requant {
+        Some(r) => println!(
+            "re-quantised at load: {} tensors ({}; {} fell back to q8_0) in {:.0} ms",
+            r.converted,
+            r.conversions.join(", "),
+            r.fallback,
+            r.secs * 1e3
+        ),
+        None => println!("re-quantised at load: nothing (weights as stored)"),
+    }
     let prompt = build_prompt(&model, args.prompt_tokens)?;
     println!(
         "prompt: {} tokens; decode: {} tokens; rounds: {}",
@@ -89,13 +104,14 @@ async fn main() -> anyhow::Result<()> {
         args.rounds
     );
 
-    let candle = tokio::task::spawn_blocking({
+    let (candle, model) = tokio::task::spawn_blocking({
         let prompt = prompt.clone();
         let (rounds, n) = (args.rounds, args.decode_tokens);
-        move || run_candle(&model, &prompt, n, rounds)
+        move || run_candle(&model, &prompt, n, rounds).map(|f| (f, model))
     })
     .await??;
     let llama = run_llamacpp(&args, &gguf, &prompt);
+    let reply = sample_reply(&model)?;
 
     println!();
     println!(
@@ -117,7 +133,30 @@ async fn main() -> anyhow::Result<()> {
         }
         Err(e) => println!("llama.cpp: skipped ({e:#})"),
     }
+    println!();
+    println!("greedy reply to {SAMPLE_QUESTION:?}:\n{reply}");
     Ok(())
+}
+
+/// Asked once, greedy, so a re-quantisation's effect on the text can be
+/// read beside its speed.
+const SAMPLE_QUESTION: &str = "What is the capital of France? Answer in two sentences.";
+
+fn sample_reply(model: &LoadedModel) -> anyhow::Result<String> {
+    let prompt = model.prompt(&[ChatMessage::user(SAMPLE_QUESTION.to_owned())])?;
+    let params = SamplingParams {
+        temperature: Some(0.0),
+        top_p: None,
+        seed: Some(1),
+        max_tokens: 48,
+        ignore_stop: false,
+    };
+    let mut reply = String::new();
+    model.generate(&prompt, params, |text| {
+        reply.push_str(text);
+        true
+    })?;
+    Ok(reply)
 }
 
 fn print_row(name: &str, f: &Figures) {

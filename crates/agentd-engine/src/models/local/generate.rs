@@ -12,6 +12,7 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::quantized_llama::{self, ModelWeights};
 
 use super::LocalError;
+use super::requant::{self, DEFAULT_REQUANT, Requant, RequantSummary};
 use super::vocab::Vocab;
 use crate::models::ChatMessage;
 
@@ -34,6 +35,8 @@ pub struct LoadedModel {
     /// Prompt plus reply, in tokens: the GGUF's context length, capped by
     /// candle's rotary table.
     pub context: usize,
+    /// What the load converted (`None`: the weights run as stored).
+    pub requant: Option<RequantSummary>,
     device: Device,
 }
 
@@ -62,8 +65,15 @@ pub struct GenerationStats {
 
 impl LoadedModel {
     /// Reads a GGUF: architecture checked, tokenizer and template built,
-    /// weights loaded (quantized, as stored).
+    /// weights loaded quantized, those of a type candle has no SIMD kernel
+    /// for converted to Q8_0 (see [`requant`]).
     pub fn load(path: &Path) -> Result<LoadedModel, LocalError> {
+        LoadedModel::load_with(path, DEFAULT_REQUANT)
+    }
+
+    /// [`LoadedModel::load`] with another re-quantisation (the benchmark
+    /// compares them).
+    pub fn load_with(path: &Path, requant: Requant) -> Result<LoadedModel, LocalError> {
         let mut file = File::open(path).map_err(|e| LocalError::io(path, e))?;
         let ct = gguf_file::Content::read(&mut file)
             .map_err(|e| LocalError::Unsupported(format!("{}: {e}", path.display())))?;
@@ -87,12 +97,25 @@ impl LoadedModel {
             .map_or(quantized_llama::MAX_SEQ_LEN, |c| c as usize)
             .min(quantized_llama::MAX_SEQ_LEN);
         let device = Device::Cpu;
-        let weights = ModelWeights::from_gguf(ct, &mut file, &device)
-            .map_err(|e| LocalError::Unsupported(format!("{}: {e}", path.display())))?;
+        let bad =
+            |e: candle_core::Error| LocalError::Unsupported(format!("{}: {e}", path.display()));
+        let (weights, requant) = match requant::convert(ct, &mut file, requant).map_err(bad)? {
+            Ok(mut converted) => {
+                let weights =
+                    ModelWeights::from_gguf(converted.content, &mut converted.data, &device)
+                        .map_err(bad)?;
+                (weights, Some(converted.summary))
+            }
+            Err(ct) => (
+                ModelWeights::from_gguf(ct, &mut file, &device).map_err(bad)?,
+                None,
+            ),
+        };
         Ok(LoadedModel {
             weights,
             vocab,
             context,
+            requant,
             device,
         })
     }

@@ -6,6 +6,7 @@
 
 pub mod fetch;
 pub mod generate;
+pub mod requant;
 mod vocab;
 
 use std::collections::HashMap;
@@ -186,7 +187,16 @@ impl LocalModels {
         tokio::spawn(async move {
             let state = match this.load(&spec, &tx).await {
                 Ok(model) => {
-                    tracing::info!(model = %key, "local model ready");
+                    match &model.requant {
+                        Some(r) => tracing::info!(
+                            model = %key,
+                            converted = r.converted,
+                            conversions = %r.conversions.join(", "),
+                            requant_ms = (r.secs * 1e3) as u64,
+                            "local model ready (weights re-quantised for SIMD kernels)"
+                        ),
+                        None => tracing::info!(model = %key, "local model ready"),
+                    }
                     LoadState::Ready(Arc::new(model))
                 }
                 Err(e) => {
