@@ -3,10 +3,8 @@
 //! watch: output bytes, CPU, pids, OOM and the wall clock, killing the whole
 //! group with a reason when a limit is crossed. Returns what happened.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt as _;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +14,8 @@ use tokio::sync::mpsc;
 
 use crate::cgroup::{CgroupLimits, CgroupParent, Usage};
 use crate::egress::{EgressDecision, EgressPolicy};
-use crate::init::{CTL_FD, INIT_SUBCOMMAND, InitConfig, RESULT_FD, STATUS_FD, Status};
+use crate::init::{InitConfig, Status};
+use crate::spare::{Prepared, SpareSlot};
 use crate::spec::{Language, Limits};
 
 /// Largest result accepted from inside; more is refused as invalid.
@@ -112,40 +111,27 @@ pub enum LaunchError {
 }
 
 /// Where the helper binary is and where sandboxes' cgroups go.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Launcher {
     /// The daemon's own executable, re-run as `agentd __sandbox-init`.
     pub exe: PathBuf,
     pub cgroups: CgroupParent,
+    /// A helper started ahead of the next request ([`crate::spare`]).
+    pub(crate) spare: SpareSlot,
+}
+
+impl Launcher {
+    pub fn new(exe: PathBuf, cgroups: CgroupParent) -> Launcher {
+        Launcher {
+            exe,
+            cgroups,
+            spare: SpareSlot::default(),
+        }
+    }
 }
 
 /// Fired to kill a running sandbox (DELETE, a cancelled run).
 pub type Teardown = tokio_util::sync::CancellationToken;
-
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
-}
-
-/// Moves `fds` (source, target) into place in the forked child. Only
-/// async-signal-safe calls: fcntl and dup2.
-fn place_fds(fds: &[(RawFd, RawFd)]) -> std::io::Result<()> {
-    let mut moved = [0 as RawFd; 3];
-    for (i, (src, _)) in fds.iter().enumerate() {
-        // SAFETY: fcntl on descriptors this process owns.
-        let tmp = unsafe { libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 64) };
-        if tmp < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        moved[i] = tmp;
-    }
-    for (i, (_, target)) in fds.iter().enumerate() {
-        // SAFETY: dup2 clears close-on-exec on the target, as intended.
-        if unsafe { libc::dup2(moved[i], *target) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
 
 async fn read_chunks<R: AsyncRead + Unpin>(
     mut r: R,
@@ -169,60 +155,27 @@ impl Launcher {
         teardown: Teardown,
     ) -> Result<Outcome, LaunchError> {
         let started = Instant::now();
-        let cg = self.cgroups.create(
-            &spec.name,
-            &CgroupLimits {
-                memory_bytes: spec.limits.memory_mb << 20,
-                pids: spec.limits.pids,
-            },
-        )?;
-        let cg = Arc::new(cg);
-        tracing::debug!(sandbox = %spec.name, us = started.elapsed().as_micros() as u64, "cgroup ready");
-        let spawn = |e| LaunchError::Spawn(e);
-        let (result_r, result_w) = pipe().map_err(spawn)?;
-        let (status_r, status_w) = pipe().map_err(spawn)?;
-        let ctl = match spec.egress {
-            Some(_) => Some(
-                nix::sys::socket::socketpair(
-                    nix::sys::socket::AddressFamily::Unix,
-                    nix::sys::socket::SockType::Stream,
-                    None,
-                    nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-                )
-                .map_err(|e| spawn(e.into()))?,
-            ),
-            None => None,
+        let limits = CgroupLimits {
+            memory_bytes: spec.limits.memory_mb << 20,
+            pids: spec.limits.pids,
         };
-        let mut fds = vec![
-            (result_w.as_raw_fd(), RESULT_FD),
-            (status_w.as_raw_fd(), STATUS_FD),
-        ];
-        if let Some((_, theirs)) = &ctl {
-            fds.push((theirs.as_raw_fd(), CTL_FD));
-        }
-        let mut cmd = tokio::process::Command::new(&self.exe);
-        cmd.arg(INIT_SUBCOMMAND)
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        // SAFETY: place_fds only calls async-signal-safe functions.
-        unsafe {
-            cmd.as_std_mut().pre_exec(move || place_fds(&fds));
-        }
-        let mut child = cmd.spawn().map_err(spawn)?;
-        drop((result_w, status_w));
-        let ours = ctl.map(|(ours, theirs)| {
-            drop(theirs);
-            ours
-        });
-        let pid = child.id().unwrap_or(0);
-        tracing::debug!(sandbox = %spec.name, us = started.elapsed().as_micros() as u64, "helper spawned");
-        if let Err(e) = cg.add(pid) {
-            let _ = child.kill().await;
-            return Err(e.into());
-        }
+        let prepared = match self.spare.take(&limits) {
+            Some(p) => p,
+            None => Prepared::start(&self.exe, &self.cgroups, &spec.name, &limits).await?,
+        };
+        self.spare
+            .refill(self.exe.clone(), self.cgroups.clone(), limits);
+        let Prepared {
+            cg,
+            mut child,
+            result_r,
+            status_r,
+            ctl,
+        } = prepared;
+        let cg = Arc::new(cg);
+        // Without allow-list egress nothing listens on the control socket.
+        let ours = spec.egress.as_ref().map(|_| ctl);
+        tracing::debug!(sandbox = %spec.name, us = started.elapsed().as_micros() as u64, "helper ready");
         let config = InitConfig {
             language: spec.language,
             code: spec.code,

@@ -7,7 +7,8 @@
 //! The pieces, in the order a sandbox meets them: [`service`] checks a
 //! request and keeps the session (in memory while it runs, in the store
 //! through [`record`]); [`launch`] makes the cgroup
-//! ([`cgroup`]) and starts the helper ([`init`]), which clones the child
+//! ([`cgroup`]) and starts the helper ([`init`]; `spawn` without a fork,
+//! one kept ready ahead of the next request by `spare`), which clones the child
 //! into its namespaces, where it builds its root, applies
 //! [`landlock_rules`] and [`seccomp`] and execs the interpreter; for
 //! allow-list egress the child hands a listener to the daemon's
@@ -23,6 +24,8 @@ mod runner;
 pub mod seccomp;
 pub mod service;
 pub mod session;
+mod spare;
+mod spawn;
 pub mod spec;
 
 pub use egress::{EgressDecision, EgressPolicy, HostRule};

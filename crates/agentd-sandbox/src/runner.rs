@@ -235,10 +235,7 @@ pub(crate) async fn probe(config: &SandboxConfig) -> Result<Launcher, String> {
         return Err("Landlock is not available on this kernel".into());
     }
     let cgroups = CgroupParent::open().map_err(|e| e.to_string())?;
-    let launcher = Launcher {
-        exe: config.exe.clone(),
-        cgroups,
-    };
+    let launcher = Launcher::new(config.exe.clone(), cgroups);
     struct Quiet;
     impl Observer for Quiet {
         fn started(&self) {}

@@ -180,6 +180,15 @@ pub enum SandboxCgroup {
 }
 
 impl SandboxCgroup {
+    /// Sets the memory and pids caps: a spare helper's group gets the
+    /// request's limits when it is handed a sandbox.
+    pub fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        match self {
+            SandboxCgroup::V1(g) => g.set_limits(limits),
+            SandboxCgroup::V2(g) => g.set_limits(limits),
+        }
+    }
+
     /// Moves `pid` (the helper, before it forks anything) into the group.
     pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
         match self {
@@ -211,6 +220,43 @@ impl SandboxCgroup {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+}
+
+/// The name of the group of a spare helper (one started ahead of a
+/// request, [`crate::launch`]): `spare-<daemon pid>-<n>`, so a later daemon
+/// can tell the groups a dead daemon left behind from those of a live one
+/// sharing the parent.
+pub fn spare_name(n: u64) -> String {
+    format!("spare-{}-{n}", std::process::id())
+}
+
+/// Whether `name` is a spare's group left by a daemon that is gone. A
+/// spare helper dies with its daemon (parent-death signal), so its group is
+/// empty; a graceful stop does not wait to remove it.
+fn is_stale_spare(name: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix("spare-")
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks that the pid exists.
+    pid != std::process::id() as i32
+        && unsafe { libc::kill(pid, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Removes, under `parent`, the empty groups of dead daemons' spares.
+fn sweep_stale_spares(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_str().is_some_and(is_stale_spare) {
+            let _ = std::fs::remove_dir(e.path());
         }
     }
 }

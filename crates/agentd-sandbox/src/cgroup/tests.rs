@@ -198,3 +198,38 @@ fn v2_refuses_when_its_base_cannot_hand_controllers_down() {
     let err = V2Parent::open(m, "/busy", 1).unwrap_err();
     assert!(err.to_string().contains("cgroup.subtree_control"), "{err}");
 }
+
+#[test]
+fn only_spare_groups_of_dead_daemons_are_swept() {
+    // A pid that certainly existed and is gone: a child we reaped.
+    let mut gone = std::process::Command::new("/bin/true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let p = parent.path();
+    let mine = spare_name(7);
+    let names = [
+        mine.clone(),
+        format!("spare-{dead}-0"),
+        "spare-1-0".to_owned(), // pid 1 is alive
+        "sbx_01abc".to_owned(), // a sandbox's own group is never touched
+        "spare-notapid-0".to_owned(),
+    ];
+    for n in &names {
+        fs::create_dir(p.join(n)).unwrap();
+    }
+    sweep_stale_spares(p);
+    let mut left: Vec<String> = fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    let mut want = vec![
+        mine,
+        "sbx_01abc".to_owned(),
+        "spare-1-0".to_owned(),
+        "spare-notapid-0".to_owned(),
+    ];
+    want.sort();
+    assert_eq!(left, want);
+}

@@ -45,6 +45,7 @@ impl V1Parent {
             dirs.push((c, dir));
         }
         let parent = V1Parent { dirs };
+        parent.sweep();
         parent.write("cpu", "cpu.shares", &PARENT_SHARES.to_string())?;
         Ok(parent)
     }
@@ -71,21 +72,18 @@ impl V1Parent {
         for (_, d) in &cg.dirs {
             std::fs::create_dir(d).map_err(io(d))?;
         }
-        cg.write(
-            "memory",
-            "memory.limit_in_bytes",
-            &limits.memory_bytes.to_string(),
-        )?;
-        // Also the swap of the group, where the kernel accounts it.
-        let _ = cg.write(
-            "memory",
-            "memory.memsw.limit_in_bytes",
-            &limits.memory_bytes.to_string(),
-        );
         cg.write("cpu", "cpu.cfs_period_us", &CFS_PERIOD_US.to_string())?;
         cg.write("cpu", "cpu.cfs_quota_us", &CFS_PERIOD_US.to_string())?;
-        cg.write("pids", "pids.max", &limits.pids.to_string())?;
+        cg.set_limits(limits)?;
         Ok(cg)
+    }
+
+    /// Removes the groups of spare helpers whose daemon died (see
+    /// [`super::is_stale_spare`]).
+    pub(super) fn sweep(&self) {
+        for (_, d) in &self.dirs {
+            super::sweep_stale_spares(d);
+        }
     }
 }
 
@@ -112,6 +110,21 @@ impl V1Group {
 
     fn read(&self, controller: &str, file: &str) -> String {
         std::fs::read_to_string(self.dir(controller).join(file)).unwrap_or_default()
+    }
+
+    /// Sets (or resets, for a spare helper's group) the memory and pids caps.
+    pub fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        let memory = limits.memory_bytes.to_string();
+        // memsw must stay at or above the memory limit, so the order of the
+        // two writes depends on the direction of the change; try both.
+        let memsw = |cg: &Self| cg.write("memory", "memory.memsw.limit_in_bytes", &memory);
+        let swap_first = memsw(self).is_ok();
+        self.write("memory", "memory.limit_in_bytes", &memory)?;
+        if !swap_first {
+            // Also the swap of the group, where the kernel accounts it.
+            let _ = memsw(self);
+        }
+        self.write("pids", "pids.max", &limits.pids.to_string())
     }
 
     /// Moves `pid` (the helper, before it forks anything) into every controller.

@@ -77,6 +77,7 @@ impl V2Parent {
         write(&daemon, "cpu.weight", &DAEMON_WEIGHT.to_string())?;
         write(&parent, "cpu.weight", &SANDBOXES_WEIGHT.to_string())?;
         write(&parent, "cgroup.subtree_control", SUBTREE)?;
+        super::sweep_stale_spares(&parent);
         Ok(V2Parent { dir: parent })
     }
 
@@ -85,13 +86,15 @@ impl V2Parent {
         let dir = self.dir.join(name);
         std::fs::create_dir(&dir).map_err(io(&dir))?;
         let group = V2Group { dir };
-        let d = &group.dir;
-        write(d, "memory.max", &limits.memory_bytes.to_string())?;
         // v2 counts swap apart from memory: none at all, as v1's memsw cap.
         // Absent where the kernel has no swap accounting.
-        let _ = write(d, "memory.swap.max", "0");
-        write(d, "cpu.max", &format!("{CFS_PERIOD_US} {CFS_PERIOD_US}"))?;
-        write(d, "pids.max", &limits.pids.to_string())?;
+        let _ = write(&group.dir, "memory.swap.max", "0");
+        write(
+            &group.dir,
+            "cpu.max",
+            &format!("{CFS_PERIOD_US} {CFS_PERIOD_US}"),
+        )?;
+        group.set_limits(limits)?;
         Ok(group)
     }
 }
@@ -103,6 +106,12 @@ pub struct V2Group {
 }
 
 impl V2Group {
+    /// Sets (or resets, for a spare helper's group) the memory and pids caps.
+    pub fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        write(&self.dir, "memory.max", &limits.memory_bytes.to_string())?;
+        write(&self.dir, "pids.max", &limits.pids.to_string())
+    }
+
     pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
         write(&self.dir, "cgroup.procs", &pid.to_string())
     }
