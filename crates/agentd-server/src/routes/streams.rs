@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use agentd_core::event::PublicEvent;
+use agentd_store::StoreError;
 
 use super::find_run;
 use crate::AppState;
@@ -102,10 +103,14 @@ where
         .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
 }
 
-fn error_event(message: String) -> SseEvent {
-    SseEvent::default().event("error").data(
-        serde_json::json!({"error": message, "reason_code": "SERVICE_UNAVAILABLE"}).to_string(),
-    )
+/// A stream that cannot go on says why, with the reason code the same
+/// failure gets as an HTTP error (`STORE_UNAVAILABLE` for a store outage).
+fn error_event(e: StoreError) -> SseEvent {
+    let message = e.to_string();
+    let reason = ApiError::from(e).reason_code();
+    SseEvent::default()
+        .event("error")
+        .data(serde_json::json!({"error": message, "reason_code": reason}).to_string())
 }
 
 /// Every event of the run after the resume point, live, closing after the terminal one.
@@ -134,7 +139,7 @@ pub async fn events_stream(
                     .event("run_event")
                     .id(e.seq.to_string())
                     .data(e.public_json(read_inputs)),
-                Err(e) => error_event(e.to_string()),
+                Err(e) => error_event(e),
             }
         });
     Ok(sse(events))
@@ -182,10 +187,10 @@ pub async fn run_updates(
                 Ok(e) if e.kind.changes_snapshot() => match store.get_run(&tenant, &id).await {
                     Ok(Some(run)) => Some(snapshot(&run)),
                     Ok(None) => None,
-                    Err(e) => Some(error_event(e.to_string())),
+                    Err(e) => Some(error_event(e)),
                 },
                 Ok(_) => None,
-                Err(e) => Some(error_event(e.to_string())),
+                Err(e) => Some(error_event(e)),
             }
         }
     });
