@@ -33,7 +33,7 @@ fn main() {
         .await
         .expect("store");
         let svc = SandboxService::start(SandboxConfig::new(exe), Arc::new(store)).await;
-        println!("{}", serde_json::to_string(svc.health()).unwrap());
+        println!("{}", serde_json::to_string(&svc.health().await).unwrap());
         let origin = AuditOrigin {
             tenant: TenantId::default_tenant(),
             actor: "cli".into(),

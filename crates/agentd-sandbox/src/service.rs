@@ -171,8 +171,8 @@ pub(crate) const HOST_UID_SPAN: u32 = 1_000_000;
 
 pub struct SandboxService {
     config: SandboxConfig,
-    launcher: Option<Launcher>,
-    health: Health,
+    /// The start-up probe's answer, set once it ran (see [`Self::start`]).
+    probed: tokio::sync::OnceCell<Probed>,
     store: Arc<dyn Store>,
     sessions: Mutex<Sessions>,
     next_uid: AtomicU32,
@@ -181,9 +181,15 @@ pub struct SandboxService {
 impl std::fmt::Debug for SandboxService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SandboxService")
-            .field("health", &self.health)
+            .field("health", &self.probed.get().map(|p| &p.health))
             .finish_non_exhaustive()
     }
+}
+
+/// What the start-up probe found: a launcher that works, or why none does.
+struct Probed {
+    launcher: Option<Launcher>,
+    health: Health,
 }
 
 #[derive(Default)]
@@ -194,50 +200,66 @@ struct Sessions {
 }
 
 impl SandboxService {
-    /// Sets up cgroups and runs a probe sandbox; the answer is `/health`'s.
+    /// Sets up cgroups and runs a probe sandbox, whose answer is `/health`'s.
+    /// The probe runs in the background, so it does not delay the daemon's
+    /// readiness (a real sandbox takes tens of ms); whatever needs its
+    /// answer first (a creation, `/health`) waits for it.
     /// Ends records orphaned by a stopped daemon, now and every
     /// [`SWEEP_EVERY`] (other nodes' sandboxes end past their deadline).
     pub async fn start(config: SandboxConfig, store: Arc<dyn Store>) -> Arc<Self> {
         tokio::spawn(sweep_orphans(store.clone()));
-        let (launcher, health) = match probe(&config).await {
-            Ok(l) => {
-                let cgroup = Some(l.cgroups.version());
-                (
-                    Some(l),
-                    Health {
-                        backend: BACKEND,
-                        healthy: true,
-                        reason: None,
-                        cgroup,
-                    },
-                )
-            }
-            Err(reason) => {
-                tracing::warn!(%reason, "sandboxing is unavailable; sandbox creation will fail");
-                (
-                    None,
-                    Health {
-                        backend: BACKEND,
-                        healthy: false,
-                        reason: Some(reason),
-                        cgroup: None,
-                    },
-                )
-            }
-        };
         let seed = std::process::id().wrapping_mul(7919) % HOST_UID_SPAN;
-        Arc::new(SandboxService {
+        let service = Arc::new(SandboxService {
             config,
-            launcher,
-            health,
+            probed: tokio::sync::OnceCell::new(),
             store,
             sessions: Mutex::default(),
             next_uid: AtomicU32::new(seed),
-        })
+        });
+        let early = service.clone();
+        tokio::spawn(async move {
+            early.probed().await;
+        });
+        service
     }
 
-    pub fn health(&self) -> &Health {
-        &self.health
+    /// The probe's answer, running it if nobody has yet.
+    async fn probed(&self) -> &Probed {
+        self.probed
+            .get_or_init(|| async {
+                match probe(&self.config).await {
+                    Ok(l) => {
+                        let cgroup = Some(l.cgroups.version());
+                        Probed {
+                            launcher: Some(l),
+                            health: Health {
+                                backend: BACKEND,
+                                healthy: true,
+                                reason: None,
+                                cgroup,
+                            },
+                        }
+                    }
+                    Err(reason) => {
+                        tracing::warn!(%reason, "sandboxing is unavailable; sandbox creation will fail");
+                        Probed {
+                            launcher: None,
+                            health: Health {
+                                backend: BACKEND,
+                                healthy: false,
+                                reason: Some(reason),
+                                cgroup: None,
+                            },
+                        }
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Whether sandboxes work here (waits for the start-up probe).
+    pub async fn health(&self) -> Health {
+        self.probed().await.health.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
@@ -249,8 +271,9 @@ impl SandboxService {
         check_code(&req.code)?;
         let limits = self.config.limits.resolve(&req.limits)?;
         check_labels(&req.labels)?;
-        let launcher = self.launcher.clone().ok_or_else(|| {
-            CreateError::Unavailable(self.health.reason.clone().unwrap_or_default())
+        let probed = self.probed().await;
+        let launcher = probed.launcher.clone().ok_or_else(|| {
+            CreateError::Unavailable(probed.health.reason.clone().unwrap_or_default())
         })?;
         let (policy, egress_view) = self.egress_policy(&req.egress, &req.ceiling)?;
         let running = self
@@ -540,7 +563,7 @@ mod tests {
         .await
         .unwrap();
         let service = SandboxService::start(config, Arc::new(store)).await;
-        let health = service.health();
+        let health = service.health().await;
         assert!(!health.healthy);
         assert!(health.reason.as_deref().is_some_and(|r| !r.is_empty()));
         let err = service

@@ -12,7 +12,7 @@ use crate::AppState;
     responses((status = 200, description = "The process is up", body = Object)))]
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
     let sandbox = match state.sandboxes() {
-        Some(api) => serde_json::to_value(api.service.health()).unwrap_or_default(),
+        Some(api) => serde_json::to_value(api.service.health().await).unwrap_or_default(),
         None => json!({"backend": "none", "healthy": false}),
     };
     Json(json!({
