@@ -18,12 +18,6 @@ use agentd_core::Event;
 const MAX_BATCH: usize = 1024;
 /// Queue depth before submitters wait (back-pressure instead of memory).
 const QUEUE_DEPTH: usize = 16 * 1024;
-/// The writer runs alone on this thread, in a runtime of its own. Every
-/// statement is a round trip to sqlx's connection thread; on the shared
-/// runtime each reply woke the writer into the global queue behind hundreds
-/// of stream tasks, so one batch took many scheduling delays, and every run
-/// waited on it. Here the reply is polled at once.
-const WRITER_THREAD: &str = "agentd-writer";
 
 /// What a job did inside the transaction; acted on only after the commit.
 pub(crate) struct Applied<R> {
@@ -125,24 +119,9 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer on a thread of its own (see [`WRITER_THREAD`]).
     pub fn spawn(conn: SqliteConnection, hub: EventHub, metrics: StoreMetrics) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let thread = std::thread::Builder::new()
-            .name(WRITER_THREAD.into())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(run(conn, rx, hub, metrics)),
-                    Err(e) => tracing::error!(error = %e, "cannot start the store writer"),
-                }
-            });
-        if let Err(e) = thread {
-            // Submitters then see `StoreError::Closed`.
-            tracing::error!(error = %e, "cannot start the store writer thread");
-        }
+        tokio::spawn(run(conn, rx, hub, metrics));
         Writer { tx }
     }
 
