@@ -14,7 +14,8 @@
 //! A spare's group is named by [`crate::cgroup::spare_name`], not by a
 //! sandbox id: the id is not known yet. The helper dies with the daemon
 //! (parent-death signal); the empty group a dead daemon leaves is removed
-//! by the next one when it opens the cgroup parent.
+//! by the next one when it opens the cgroup parent, like any group of a
+//! gone daemon (`cgroup::is_stale`).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -111,13 +112,27 @@ pub(crate) struct SpareSlot {
     inner: Arc<SlotInner>,
 }
 
-#[derive(Default)]
 struct SlotInner {
     ready: Mutex<Option<Prepared>>,
     /// A spare is being started; do not start another.
     starting: AtomicBool,
-    /// Numbers the spares' group names.
+    /// Numbers the spares' group names; starts at the clock, so a daemon
+    /// that got the pid of one before it never meets that one's leftovers.
     made: AtomicU64,
+}
+
+impl Default for SlotInner {
+    fn default() -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        SlotInner {
+            ready: Mutex::default(),
+            starting: AtomicBool::default(),
+            made: AtomicU64::new(now),
+        }
+    }
 }
 
 impl SpareSlot {

@@ -163,11 +163,13 @@ impl CgroupParent {
         }
     }
 
-    /// A fresh group for one sandbox with its limits set.
+    /// A fresh group for one sandbox with its limits set, named `name`
+    /// behind this daemon's pid (see [`owned_name`]).
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<SandboxCgroup, CgroupError> {
+        let name = owned_name(name);
         Ok(match self {
-            CgroupParent::V1(p) => SandboxCgroup::V1(p.create(name, limits)?),
-            CgroupParent::V2(p) => SandboxCgroup::V2(p.create(name, limits)?),
+            CgroupParent::V1(p) => SandboxCgroup::V1(p.create(&name, limits)?),
+            CgroupParent::V2(p) => SandboxCgroup::V2(p.create(&name, limits)?),
         })
     }
 }
@@ -224,38 +226,46 @@ impl SandboxCgroup {
     }
 }
 
-/// The name of the group of a spare helper (one started ahead of a
-/// request, [`crate::launch`]): `spare-<daemon pid>-<n>`, so a later daemon
-/// can tell the groups a dead daemon left behind from those of a live one
-/// sharing the parent.
+/// The name of a spare helper's group (one started ahead of a request,
+/// [`crate::launch`]); `n` numbers the spares.
 pub fn spare_name(n: u64) -> String {
-    format!("spare-{}-{n}", std::process::id())
+    format!("spare-{n}")
 }
 
-/// Whether `name` is a spare's group left by a daemon that is gone. A
-/// spare helper dies with its daemon (parent-death signal), so its group is
-/// empty; a graceful stop does not wait to remove it.
-fn is_stale_spare(name: &str) -> bool {
+/// A group's directory: `<daemon pid>-<name>`. Everything in a group dies
+/// with its daemon (the helper has a parent-death signal, the workload one
+/// on the helper), but the empty directory stays; the prefix lets a later
+/// daemon tell those from the groups of a live daemon sharing the parent.
+fn owned_name(name: &str) -> String {
+    format!("{}-{name}", std::process::id())
+}
+
+/// Whether `name` is a group a gone daemon left: its pid prefix names no
+/// process. Names without the prefix are never touched, nor are this
+/// process's own (a daemon before it may have had its pid, but so do the
+/// groups it is making).
+fn is_stale(name: &str) -> bool {
     let Some(pid) = name
-        .strip_prefix("spare-")
-        .and_then(|rest| rest.split('-').next())
-        .and_then(|p| p.parse::<i32>().ok())
+        .split_once('-')
+        .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        .filter(|pid| *pid > 0 && *pid != std::process::id() as i32)
     else {
         return false;
     };
     // SAFETY: kill with signal 0 only checks that the pid exists.
-    pid != std::process::id() as i32
-        && unsafe { libc::kill(pid, 0) } != 0
-        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
-/// Removes, under `parent`, the empty groups of dead daemons' spares.
-fn sweep_stale_spares(parent: &Path) {
+/// Removes, under `parent`, the groups gone daemons left. Called when the
+/// parent is opened, before this daemon made any group. `rmdir` refuses a
+/// group that still holds a process, so a wrong guess removes nothing.
+fn sweep_stale_groups(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
     for e in entries.flatten() {
-        if e.file_name().to_str().is_some_and(is_stale_spare) {
+        if e.path().is_dir() && e.file_name().to_str().is_some_and(is_stale) {
             let _ = std::fs::remove_dir(e.path());
         }
     }

@@ -200,35 +200,39 @@ fn v2_refuses_when_its_base_cannot_hand_controllers_down() {
 }
 
 #[test]
-fn only_spare_groups_of_dead_daemons_are_swept() {
+fn only_groups_of_gone_daemons_are_swept() {
     // A pid that certainly existed and is gone: a child we reaped.
     let mut gone = std::process::Command::new("/bin/true").spawn().unwrap();
     let dead = gone.id();
     gone.wait().unwrap();
     let parent = tempfile::tempdir().unwrap();
     let p = parent.path();
-    let mine = spare_name(7);
     let names = [
-        mine.clone(),
-        format!("spare-{dead}-0"),
-        "spare-1-0".to_owned(), // pid 1 is alive
-        "sbx_01abc".to_owned(), // a sandbox's own group is never touched
-        "spare-notapid-0".to_owned(),
+        owned_name(&spare_name(7)), // ours
+        owned_name("sbx_01own"),
+        format!("{dead}-spare-0"),
+        format!("{dead}-sbx_01abc"),
+        "1-spare-0".to_owned(), // pid 1 is alive
+        "1-sbx_01live".to_owned(),
+        "sbx_01old".to_owned(), // no pid prefix: never touched
+        "notapid-x".to_owned(),
     ];
     for n in &names {
         fs::create_dir(p.join(n)).unwrap();
     }
-    sweep_stale_spares(p);
+    sweep_stale_groups(p);
     let mut left: Vec<String> = fs::read_dir(p)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     left.sort();
     let mut want = vec![
-        mine,
-        "sbx_01abc".to_owned(),
-        "spare-1-0".to_owned(),
-        "spare-notapid-0".to_owned(),
+        owned_name(&spare_name(7)),
+        owned_name("sbx_01own"),
+        "1-sbx_01live".to_owned(),
+        "1-spare-0".to_owned(),
+        "notapid-x".to_owned(),
+        "sbx_01old".to_owned(),
     ];
     want.sort();
     assert_eq!(left, want);

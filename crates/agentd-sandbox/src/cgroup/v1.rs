@@ -78,11 +78,10 @@ impl V1Parent {
         Ok(cg)
     }
 
-    /// Removes the groups of spare helpers whose daemon died (see
-    /// [`super::is_stale_spare`]).
+    /// Removes the groups gone daemons left (see [`super::is_stale`]).
     pub(super) fn sweep(&self) {
         for (_, d) in &self.dirs {
-            super::sweep_stale_spares(d);
+            super::sweep_stale_groups(d);
         }
     }
 }

@@ -77,7 +77,7 @@ impl V2Parent {
         write(&daemon, "cpu.weight", &DAEMON_WEIGHT.to_string())?;
         write(&parent, "cpu.weight", &SANDBOXES_WEIGHT.to_string())?;
         write(&parent, "cgroup.subtree_control", SUBTREE)?;
-        super::sweep_stale_spares(&parent);
+        super::sweep_stale_groups(&parent);
         Ok(V2Parent { dir: parent })
     }
 

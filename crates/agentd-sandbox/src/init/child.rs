@@ -4,7 +4,7 @@
 //! caller's code never runs unconfined.
 
 use std::ffi::CString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 
 use nix::unistd::{Gid, Uid};
 
@@ -12,7 +12,11 @@ use super::{CTL_FD, InitConfig, RESULT_FD, SANDBOX_UID, SETUP_FAILED, fs};
 use crate::spec::Language;
 
 /// Runs in the child; returns only on failure (as the exit status).
-pub(super) fn main(config: &InitConfig, sync: &OwnedFd, err: &OwnedFd) -> isize {
+/// `sync_w` is this process's copy of the sync pipe's write end.
+pub(super) fn main(config: &InitConfig, sync: &OwnedFd, sync_w: RawFd, err: &OwnedFd) -> isize {
+    // SAFETY: closes this process's own copy (the fd table was copied at
+    // clone); the helper keeps its end.
+    unsafe { libc::close(sync_w) };
     let e = match setup_and_exec(config, sync) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -26,7 +30,9 @@ enum Never {}
 
 fn setup_and_exec(config: &InitConfig, sync: &OwnedFd) -> Result<Never, String> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(step("pdeathsig"))?;
-    // Wait until the helper has written the uid and gid maps.
+    // Wait until the helper has written the uid and gid maps. A helper that
+    // died before (and so before the death signal above was armed) closed
+    // its end: end-of-file, and this child gives up.
     let mut byte = [0u8; 1];
     match nix::unistd::read(sync, &mut byte) {
         Ok(1) => {}

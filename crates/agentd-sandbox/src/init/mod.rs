@@ -22,7 +22,7 @@ mod child;
 mod fs;
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
@@ -123,7 +123,11 @@ fn run(status: &std::fs::File) -> Result<i32, String> {
         | CloneFlags::CLONE_NEWUTS;
     let mut stack = vec![0u8; 1 << 20];
     let child_cfg = config.clone();
-    let cb = Box::new(|| child::main(&child_cfg, &sync_r, &err_w));
+    // The child gets a copy of every descriptor, this pipe's write end too:
+    // it closes that first, so a helper that dies before releasing it
+    // (killed with the daemon) reads as end-of-file, not as a wait forever.
+    let sync_w_fd = sync_w.as_raw_fd();
+    let cb = Box::new(|| child::main(&child_cfg, &sync_r, sync_w_fd, &err_w));
     // SAFETY: this process is single-threaded (no runtime was started), so
     // the child may run ordinary Rust code; the stack outlives the call.
     let pid = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) }
