@@ -460,3 +460,29 @@ async fn each_limit_kills_with_its_reason() {
     assert_eq!(runs[4].result["stdout"].as_str().unwrap().len(), 10000);
     assert_healthy(&api).await;
 }
+
+/// One after another, so each request takes the spare helper started
+/// behind the one before (its group made with that request's limits): the
+/// memory cap that applies is always the request's own, raised and lowered.
+#[tokio::test]
+async fn a_spare_helper_takes_each_requests_own_limits() {
+    let d = Daemon::start_with_config("").await;
+    let api = d.api();
+    let hog = "x = 'a' * (128 << 20)\nprint(len(x) >> 20)\n";
+    for (memory_mb, fits) in [(512, true), (64, false), (512, true), (64, false)] {
+        // Time for the next spare to be ready.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let r = python(&api, hog, json!({"memory_mb": memory_mb})).await;
+        if fits {
+            assert_eq!(r.view["phase"], "succeeded", "{memory_mb}: {:?}", r.result);
+            assert_eq!(r.result["stdout"], "128\n");
+        } else {
+            assert_eq!(
+                r.view["kill_reason"], "memory_exceeded",
+                "{memory_mb}: {:?}",
+                r.result
+            );
+        }
+    }
+    assert_healthy(&api).await;
+}
