@@ -32,7 +32,7 @@ fn main() {
         })
         .await
         .expect("store");
-        let svc = SandboxService::start(SandboxConfig::new(exe), Arc::new(store)).await;
+        let svc = SandboxService::start(SandboxConfig::new(exe), Arc::new(store));
         println!("{}", serde_json::to_string(&svc.health().await).unwrap());
         let origin = AuditOrigin {
             tenant: TenantId::default_tenant(),

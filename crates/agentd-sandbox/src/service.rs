@@ -206,7 +206,8 @@ impl SandboxService {
     /// answer first (a creation, `/health`) waits for it.
     /// Ends records orphaned by a stopped daemon, now and every
     /// [`SWEEP_EVERY`] (other nodes' sandboxes end past their deadline).
-    pub async fn start(config: SandboxConfig, store: Arc<dyn Store>) -> Arc<Self> {
+    /// Call within the runtime: the probe and the sweep are tasks on it.
+    pub fn start(config: SandboxConfig, store: Arc<dyn Store>) -> Arc<Self> {
         tokio::spawn(sweep_orphans(store.clone()));
         let seed = std::process::id().wrapping_mul(7919) % HOST_UID_SPAN;
         let service = Arc::new(SandboxService {
@@ -562,7 +563,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let service = SandboxService::start(config, Arc::new(store)).await;
+        let service = SandboxService::start(config, Arc::new(store));
         let health = service.health().await;
         assert!(!health.healthy);
         assert!(health.reason.as_deref().is_some_and(|r| !r.is_empty()));

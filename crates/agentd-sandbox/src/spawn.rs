@@ -51,15 +51,19 @@ impl Helper {
         let (stdin_r, stdin_w) = pipe_pair()?;
         let (stdout_r, stdout_w) = pipe_pair()?;
         let (stderr_r, stderr_w) = pipe_pair()?;
-        let mut placed = vec![(stdin_r, 0), (stdout_w, 1), (stderr_w, 2)];
-        for &(fd, target) in extra {
-            placed.push((dup_high(fd)?, target));
-        }
-        // The pipes' child ends go high too (a daemon whose stdin is closed
-        // would get 0 for a new pipe).
-        for (fd, _) in placed.iter_mut().take(3) {
-            *fd = dup_high(fd.as_raw_fd())?;
-        }
+        // Every source goes high, the pipes' child ends too (a daemon whose
+        // stdin is closed would get 0 for a new pipe).
+        let stdio = [
+            (stdin_r.as_raw_fd(), 0),
+            (stdout_w.as_raw_fd(), 1),
+            (stderr_w.as_raw_fd(), 2),
+        ];
+        let placed = stdio
+            .iter()
+            .chain(extra)
+            .map(|&(fd, target)| Ok((dup_high(fd)?, target)))
+            .collect::<io::Result<Vec<_>>>()?;
+        drop((stdin_r, stdout_w, stderr_w));
 
         let mut actions = PosixSpawnFileActions::init()?;
         for (fd, target) in &placed {

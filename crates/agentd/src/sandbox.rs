@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 
 use crate::config::Settings;
 
-pub async fn start(
+pub fn start(
     settings: &Settings,
     store: Arc<dyn Store>,
     egress: &OperatorEgress,
@@ -34,7 +34,7 @@ pub async fn start(
     }
     config.limits = LimitPolicy::configured(&settings.sandbox.defaults, &settings.sandbox.maximums)
         .context("invalid [sandbox] limits")?;
-    let service = SandboxService::start(config, store).await;
+    let service = SandboxService::start(config, store);
     Ok(SandboxApi {
         service,
         ceiling: EgressCeiling {

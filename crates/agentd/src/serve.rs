@@ -98,7 +98,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (Arc::new(store), "sqlite")
         }
     };
-    let sandboxes = crate::sandbox::start(&settings, store.clone(), &egress).await?;
+    let sandboxes = crate::sandbox::start(&settings, store.clone(), &egress)?;
     tools.set_sandbox(sandboxes.service.clone());
 
     let mut engine_config = EngineConfig::new(agentd_core::new_id("wkr"));
