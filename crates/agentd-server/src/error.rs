@@ -181,6 +181,7 @@ impl From<StoreError> for ApiError {
             StoreError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
             StoreError::IllegalTransition(t) => ApiError::RunStateConflict(t.to_string()),
             StoreError::Unavailable(e) => ApiError::StoreUnavailable(e.to_string()),
+            StoreError::Sqlite(e) => ApiError::StoreUnavailable(e.to_string()),
             StoreError::Closed => ApiError::Unavailable("store is closed".into()),
             StoreError::LeaseLost | StoreError::Corrupt(_) => ApiError::Internal(e.to_string()),
         }

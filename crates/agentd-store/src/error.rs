@@ -18,6 +18,9 @@ pub enum StoreError {
     /// The database is unreachable or failed; the request may be retried.
     #[error("store unavailable: {0}")]
     Unavailable(#[from] sqlx::Error),
+    /// The embedded database's writer failed (a full disk, an I/O error).
+    #[error("store unavailable: {0}")]
+    Sqlite(rusqlite::Error),
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
     /// The store is shutting down.
@@ -28,5 +31,21 @@ pub enum StoreError {
 impl From<serde_json::Error> for StoreError {
     fn from(e: serde_json::Error) -> Self {
         StoreError::Corrupt(e.to_string())
+    }
+}
+
+/// A write op reports a row it cannot decode as a conversion failure carrying
+/// the [`StoreError`] (see `sqlite::ops::corrupt`); it comes back out here.
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::FromSqlConversionFailure(_, _, inner) if inner.is::<StoreError>() => {
+                match inner.downcast::<StoreError>() {
+                    Ok(store) => *store,
+                    Err(other) => StoreError::Corrupt(other.to_string()),
+                }
+            }
+            e => StoreError::Sqlite(e),
+        }
     }
 }

@@ -46,6 +46,36 @@ pub(crate) struct RunRow {
     finished_at: Option<i64>,
 }
 
+impl RunRow {
+    /// A row of the writer's connection selected with [`RUN_COLUMNS`], in
+    /// their order.
+    pub(crate) fn from_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+        Ok(RunRow {
+            id: r.get(0)?,
+            tenant_id: r.get(1)?,
+            session_id: r.get(2)?,
+            agent: r.get(3)?,
+            status: r.get(4)?,
+            input: r.get(5)?,
+            user_message: r.get(6)?,
+            metadata: r.get(7)?,
+            source: r.get(8)?,
+            agent_config: r.get(9)?,
+            output: r.get(10)?,
+            usage: r.get(11)?,
+            reason_code: r.get(12)?,
+            error: r.get(13)?,
+            last_seq: r.get(14)?,
+            lease_epoch: r.get(15)?,
+            request_id: r.get(16)?,
+            created_at: r.get(17)?,
+            updated_at: r.get(18)?,
+            started_at: r.get(19)?,
+            finished_at: r.get(20)?,
+        })
+    }
+}
+
 fn tenant(s: &str) -> Result<TenantId, StoreError> {
     TenantId::parse(s).ok_or_else(|| StoreError::Corrupt(format!("bad tenant id {s:?}")))
 }
@@ -112,6 +142,19 @@ pub(crate) struct EventRow {
     kind: String,
     payload: String,
     created_at: i64,
+}
+
+impl EventRow {
+    /// A row of the writer's connection: `run_id, seq, type, payload, created_at`.
+    pub(crate) fn from_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+        Ok(EventRow {
+            run_id: r.get(0)?,
+            seq: r.get(1)?,
+            kind: r.get(2)?,
+            payload: r.get(3)?,
+            created_at: r.get(4)?,
+        })
+    }
 }
 
 impl TryFrom<EventRow> for Event {

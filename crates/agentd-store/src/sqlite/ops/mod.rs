@@ -1,7 +1,8 @@
 //! Write operations, each run by the writer inside a group transaction.
 //!
-//! Each is a plain function returning a boxed future so the writer can queue
-//! them uniformly. SQL errors (`sqlx::Error`) abort the batch; domain outcomes
+//! Each is a plain function over the writer's rusqlite connection, so the
+//! writer can queue them uniformly. SQL errors (`rusqlite::Error`) abort the
+//! batch; domain outcomes
 //! (a taken id, a lost lease) are values in the result and abort nothing.
 //! Every operation that changes a run's row other than by a deferred append
 //! forgets it in the writer's cache ([`super::batch::Ctx`]).
@@ -22,11 +23,10 @@ pub(crate) use signals::signal_run;
 use agentd_core::event::payload::{StepOutcome, step_done};
 use agentd_core::time::now_millis;
 use agentd_core::{Event, EventType, NewEvent, Run, RunStatus, RunTransition, Session, TenantId};
-use futures::future::BoxFuture;
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use super::batch::{CachedRun, Ctx};
+use super::batch::{CachedRun, Ctx, INSERT_EVENT};
 use super::rows::{LAST_SEQ_OF, RUN_COLUMNS, RUN_INSERT_COLUMNS, RunRow};
 use super::writer::Applied;
 use crate::{
@@ -37,37 +37,40 @@ use crate::{
 /// How long an idempotency key is remembered (DESIGN §3).
 pub(crate) const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
-pub(crate) type Op<'c, R> = BoxFuture<'c, sqlx::Result<Applied<R>>>;
+/// What every op returns: SQL errors abort the batch, domain outcomes are in
+/// the value.
+pub(crate) type Op<R> = rusqlite::Result<Applied<R>>;
 
-async fn load_run(c: &mut SqliteConnection, id: &str) -> sqlx::Result<Option<Run>> {
-    let row: Option<RunRow> =
-        sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(c)
-            .await?;
+fn load_run(c: &Connection, id: &str) -> rusqlite::Result<Option<Run>> {
+    let row = c
+        .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"))?
+        .query_row([id], RunRow::from_columns)
+        .optional()?;
     row.map(Run::try_from).transpose().map_err(corrupt)
 }
 
 /// Domain decoding errors inside a write surface as SQL errors: they abort
-/// the job, which is then retried alone and reported.
-fn corrupt(e: StoreError) -> sqlx::Error {
-    sqlx::Error::Decode(Box::new(e))
+/// the job, which is then retried alone and reported (`StoreError`'s
+/// `From<rusqlite::Error>` takes the `StoreError` back out).
+fn corrupt(e: StoreError) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
 }
 
-async fn insert_session(c: &mut SqliteConnection, s: &NewSession) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO sessions (tenant_id, id, agent, metadata, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-    )
-    .bind(s.tenant_id.as_str())
-    .bind(&s.id)
-    .bind(&s.agent)
-    .bind(s.metadata.to_string())
-    .bind(s.created_at)
-    .bind(s.created_at)
-    .execute(c)
-    .await?;
-    Ok(done.rows_affected() == 1)
+fn insert_session(c: &Connection, s: &NewSession) -> rusqlite::Result<bool> {
+    let inserted = c
+        .prepare_cached(
+            "INSERT INTO sessions (tenant_id, id, agent, metadata, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            s.tenant_id.as_str(),
+            s.id,
+            s.agent,
+            s.metadata.to_string(),
+            s.created_at,
+            s.created_at
+        ])?;
+    Ok(inserted == 1)
 }
 
 fn session_of(s: &NewSession) -> Session {
@@ -81,7 +84,6 @@ fn session_of(s: &NewSession) -> Session {
     }
 }
 
-/// Appends `events` after `last_seq` in one statement; returns them durable-to-be.
 /// Gives `events` the seqs that follow `last_seq`: the one place seqs are made.
 fn number_events(run_id: &str, last_seq: i64, events: &[NewEvent], now: i64) -> Vec<Event> {
     events
@@ -97,29 +99,27 @@ fn number_events(run_id: &str, last_seq: i64, events: &[NewEvent], now: i64) -> 
         .collect()
 }
 
-async fn insert_events(
-    c: &mut SqliteConnection,
+/// Appends `events` after `last_seq` at once (not deferred); returns them
+/// durable-to-be.
+fn insert_events(
+    c: &Connection,
     tenant: &TenantId,
     run_id: &str,
     last_seq: i64,
     events: &[NewEvent],
     now: i64,
-) -> sqlx::Result<Vec<Event>> {
+) -> rusqlite::Result<Vec<Event>> {
     let stored = number_events(run_id, last_seq, events, now);
-    // 6 parameters a row; stay well under SQLite's variable limit.
-    for chunk in stored.chunks(500) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO run_events (run_id, seq, tenant_id, type, payload, created_at) ",
-        );
-        qb.push_values(chunk, |mut b, e| {
-            b.push_bind(&e.run_id)
-                .push_bind(e.seq)
-                .push_bind(tenant.as_str())
-                .push_bind(e.kind.as_str())
-                .push_bind(e.value.to_string())
-                .push_bind(e.created_at);
-        });
-        qb.build().execute(&mut *c).await?;
+    let mut insert = c.prepare_cached(INSERT_EVENT)?;
+    for e in &stored {
+        insert.execute(params![
+            e.run_id,
+            e.seq,
+            tenant.as_str(),
+            e.kind.as_str(),
+            e.value.to_string(),
+            e.created_at
+        ])?;
     }
     Ok(stored)
 }

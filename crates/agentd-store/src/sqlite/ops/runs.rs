@@ -2,121 +2,113 @@
 
 use super::*;
 
-pub(crate) fn create_run<'c>(
-    c: &'c mut SqliteConnection,
-    _ctx: &'c mut Ctx,
-    new: &'c NewRun,
-) -> Op<'c, Result<CreateRunOutcome, StoreError>> {
-    Box::pin(async move {
-        let run = &new.run;
-        let now = run.created_at;
-        if let Some(idem) = &new.idempotency {
-            match prior_answer(
-                c,
-                &run.tenant_id,
-                &idem.route,
-                &idem.key,
-                &idem.fingerprint,
-                now,
-            )
-            .await?
-            {
-                Some(Ok((status, body))) => {
-                    return Ok(Applied::value(Ok(CreateRunOutcome::Replayed {
-                        status,
-                        body,
-                    })));
-                }
-                Some(Err(e)) => return Ok(Applied::value(Err(e))),
-                None => {}
+pub(crate) fn create_run(
+    c: &Connection,
+    _ctx: &mut Ctx,
+    new: &NewRun,
+) -> Op<Result<CreateRunOutcome, StoreError>> {
+    let run = &new.run;
+    let now = run.created_at;
+    if let Some(idem) = &new.idempotency {
+        match prior_answer(
+            c,
+            &run.tenant_id,
+            &idem.route,
+            &idem.key,
+            &idem.fingerprint,
+            now,
+        )? {
+            Some(Ok((status, body))) => {
+                return Ok(Applied::value(Ok(CreateRunOutcome::Replayed {
+                    status,
+                    body,
+                })));
+            }
+            Some(Err(e)) => return Ok(Applied::value(Err(e))),
+            None => {}
+        }
+    }
+
+    match &new.session {
+        SessionTarget::Existing(id) => {
+            let found = c
+                .prepare_cached("SELECT 1 FROM sessions WHERE tenant_id = ? AND id = ?")?
+                .exists(params![run.tenant_id.as_str(), id])?;
+            if !found {
+                return Ok(Applied::value(Err(StoreError::SessionNotFound)));
             }
         }
-
-        match &new.session {
-            SessionTarget::Existing(id) => {
-                let found: Option<(i64,)> =
-                    sqlx::query_as("SELECT 1 FROM sessions WHERE tenant_id = ? AND id = ?")
-                        .bind(run.tenant_id.as_str())
-                        .bind(id)
-                        .fetch_optional(&mut *c)
-                        .await?;
-                if found.is_none() {
-                    return Ok(Applied::value(Err(StoreError::SessionNotFound)));
-                }
-            }
-            SessionTarget::New(s) => {
-                if !insert_session(c, s).await? {
-                    return Ok(Applied::value(Err(StoreError::SessionExists)));
-                }
+        SessionTarget::New(s) => {
+            if !insert_session(c, s)? {
+                return Ok(Applied::value(Err(StoreError::SessionExists)));
             }
         }
+    }
 
-        let created = vec![
-            NewEvent::new(
-                EventType::RunCreated,
-                json!({
-                    "session_id": run.session_id,
-                    "agent": run.agent,
-                    "input": agentd_core::run::input_for_event(&run.input),
-                    "metadata": run.metadata,
-                }),
-            ),
-            NewEvent::new(EventType::RunQueued, json!({"status": "queued"})),
-        ];
-        sqlx::query(&format!(
-            "INSERT INTO runs ({RUN_INSERT_COLUMNS}) VALUES \
-             (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(&run.id)
-        .bind(run.tenant_id.as_str())
-        .bind(&run.session_id)
-        .bind(&run.agent)
-        .bind(RunStatus::Queued.as_str())
-        .bind(run.input.to_string())
-        .bind(&run.user_message)
-        .bind(run.metadata.to_string())
-        .bind(serde_json::to_string(&run.source).unwrap_or_else(|_| "{}".into()))
-        .bind(run.agent_config.to_string())
-        .bind(Option::<String>::None)
-        .bind(serde_json::to_string(&run.usage).unwrap_or_else(|_| "{}".into()))
-        .bind(Option::<String>::None)
-        .bind(Option::<String>::None)
-        .bind(0_i64)
-        .bind(&run.request_id)
-        .bind(now)
-        .bind(now)
-        .bind(Option::<i64>::None)
-        .bind(Option::<i64>::None)
-        .execute(&mut *c)
-        .await?;
-        let events = insert_events(c, &run.tenant_id, &run.id, 0, &created, now).await?;
+    let created = vec![
+        NewEvent::new(
+            EventType::RunCreated,
+            json!({
+                "session_id": run.session_id,
+                "agent": run.agent,
+                "input": agentd_core::run::input_for_event(&run.input),
+                "metadata": run.metadata,
+            }),
+        ),
+        NewEvent::new(EventType::RunQueued, json!({"status": "queued"})),
+    ];
+    c.prepare_cached(&format!(
+        "INSERT INTO runs ({RUN_INSERT_COLUMNS}) VALUES \
+         (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))?
+    .execute(params![
+        run.id,
+        run.tenant_id.as_str(),
+        run.session_id,
+        run.agent,
+        RunStatus::Queued.as_str(),
+        run.input.to_string(),
+        run.user_message,
+        run.metadata.to_string(),
+        serde_json::to_string(&run.source).unwrap_or_else(|_| "{}".into()),
+        run.agent_config.to_string(),
+        Option::<String>::None,
+        serde_json::to_string(&run.usage).unwrap_or_else(|_| "{}".into()),
+        Option::<String>::None,
+        Option::<String>::None,
+        0_i64,
+        run.request_id,
+        now,
+        now,
+        Option::<i64>::None,
+        Option::<i64>::None,
+    ])?;
+    let events = insert_events(c, &run.tenant_id, &run.id, 0, &created, now)?;
 
-        if let Some(idem) = &new.idempotency {
-            remember_answer(
-                c,
-                &run.tenant_id,
-                &idem.route,
-                &idem.key,
-                &idem.fingerprint,
-                (idem.status, &idem.body),
-                now,
-            )
-            .await?;
-        }
-        if let Some(audit) = &new.audit {
-            super::super::keys::insert_audit(c, std::slice::from_ref(audit)).await?;
-        }
+    if let Some(idem) = &new.idempotency {
+        remember_answer(
+            c,
+            &run.tenant_id,
+            &idem.route,
+            &idem.key,
+            &idem.fingerprint,
+            (idem.status, &idem.body),
+            now,
+        )?;
+    }
+    if let Some(audit) = &new.audit {
+        super::super::keys::insert_audit(c, std::slice::from_ref(audit))?;
+    }
 
-        let mut stored = run.clone();
-        stored.status = RunStatus::Queued;
-        stored.last_seq = events.len() as i64;
-        debug_assert_eq!(stored.last_seq, crate::CREATION_EVENTS);
-        Ok(Applied {
-            value: Ok(CreateRunOutcome::Created(Box::new(stored))),
-            events,
-            wake_workers: true,
-            controls: Vec::new(),
-        })
+    let mut stored = run.clone();
+    stored.status = RunStatus::Queued;
+    stored.last_seq = events.len() as i64;
+    debug_assert_eq!(stored.last_seq, crate::CREATION_EVENTS);
+    Ok(Applied {
+        value: Ok(CreateRunOutcome::Created(Box::new(stored))),
+        events,
+        wake_workers: true,
+        controls: Vec::new(),
     })
 }
 
@@ -128,11 +120,7 @@ pub(super) struct Cancelled {
     pub control: bool,
 }
 
-pub(super) async fn cancel_one(
-    c: &mut SqliteConnection,
-    ctx: &mut Ctx,
-    mut run: Run,
-) -> sqlx::Result<Cancelled> {
+pub(super) fn cancel_one(c: &Connection, ctx: &mut Ctx, mut run: Run) -> rusqlite::Result<Cancelled> {
     ctx.forget(&run.id);
     let now = now_millis();
     match run.status {
@@ -161,22 +149,16 @@ pub(super) async fn cancel_one(
                     json!({"reason": "cancelled by client", "from": run.status}),
                 )],
                 now,
-            )
-            .await?;
+            )?;
             run.last_seq += events.len() as i64;
             run.status = next;
             run.updated_at = now;
             run.finished_at = Some(now);
-            sqlx::query(
+            c.prepare_cached(
                 "UPDATE runs SET status = ?, updated_at = ?, finished_at = ?, \
                  lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",
-            )
-            .bind(next.as_str())
-            .bind(now)
-            .bind(now)
-            .bind(&run.id)
-            .execute(&mut *c)
-            .await?;
+            )?
+            .execute(params![next.as_str(), now, now, run.id])?;
             Ok(Cancelled {
                 run,
                 events,
@@ -186,17 +168,12 @@ pub(super) async fn cancel_one(
         }
         RunStatus::Running => {
             // Its lease holder stops it; tell it through a control row.
-            sqlx::query(
+            c.prepare_cached(
                 "INSERT INTO run_controls (tenant_id, run_id, kind, payload, created_at) \
                  SELECT ?, ?, 'cancel', '{}', ? WHERE NOT EXISTS (SELECT 1 FROM run_controls \
                  WHERE run_id = ? AND kind = 'cancel' AND consumed_at IS NULL)",
-            )
-            .bind(run.tenant_id.as_str())
-            .bind(&run.id)
-            .bind(now)
-            .bind(&run.id)
-            .execute(&mut *c)
-            .await?;
+            )?
+            .execute(params![run.tenant_id.as_str(), run.id, now, run.id])?;
             Ok(Cancelled {
                 run,
                 events: Vec::new(),
@@ -207,49 +184,47 @@ pub(super) async fn cancel_one(
     }
 }
 
-pub(crate) fn cancel_run<'c>(
-    c: &'c mut SqliteConnection,
-    ctx: &'c mut Ctx,
-    (tenant, id): &'c (TenantId, String),
-) -> Op<'c, Option<Run>> {
-    Box::pin(async move {
-        let Some(run) = load_run(c, id).await?.filter(|r| &r.tenant_id == tenant) else {
-            return Ok(Applied::value(None));
-        };
-        let done = cancel_one(c, ctx, run).await?;
-        Ok(Applied {
-            controls: if done.control {
-                vec![done.run.id.clone()]
-            } else {
-                Vec::new()
-            },
-            value: Some(done.run),
-            events: done.events,
-            wake_workers: done.wake,
-        })
+pub(crate) fn cancel_run(
+    c: &Connection,
+    ctx: &mut Ctx,
+    (tenant, id): &(TenantId, String),
+) -> Op<Option<Run>> {
+    let Some(run) = load_run(c, id)?.filter(|r| &r.tenant_id == tenant) else {
+        return Ok(Applied::value(None));
+    };
+    let done = cancel_one(c, ctx, run)?;
+    Ok(Applied {
+        controls: if done.control {
+            vec![done.run.id.clone()]
+        } else {
+            Vec::new()
+        },
+        value: Some(done.run),
+        events: done.events,
+        wake_workers: done.wake,
     })
 }
 
 /// What an idempotency key answered before: `Some(Ok((status, body)))` to
 /// replay, `Some(Err(..))` when the key came with another body, `None` when
 /// it is new (an expired record is deleted here).
-pub(super) async fn prior_answer(
-    c: &mut SqliteConnection,
+pub(super) fn prior_answer(
+    c: &Connection,
     tenant: &TenantId,
     route: &str,
     key: &str,
     fingerprint: &str,
     now: i64,
-) -> sqlx::Result<Option<Result<(u16, Value), StoreError>>> {
-    let prior: Option<(String, i64, String, i64)> = sqlx::query_as(
-        "SELECT fingerprint, status, body, created_at FROM idempotency_keys \
-         WHERE tenant_id = ? AND route = ? AND key = ?",
-    )
-    .bind(tenant.as_str())
-    .bind(route)
-    .bind(key)
-    .fetch_optional(&mut *c)
-    .await?;
+) -> rusqlite::Result<Option<Result<(u16, Value), StoreError>>> {
+    let prior: Option<(String, i64, String, i64)> = c
+        .prepare_cached(
+            "SELECT fingerprint, status, body, created_at FROM idempotency_keys \
+             WHERE tenant_id = ? AND route = ? AND key = ?",
+        )?
+        .query_row(params![tenant.as_str(), route, key], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
     let Some((seen, status, body, created_at)) = prior else {
         return Ok(None);
     };
@@ -262,37 +237,33 @@ pub(super) async fn prior_answer(
             Err(StoreError::IdempotencyKeyReused)
         }));
     }
-    sqlx::query("DELETE FROM idempotency_keys WHERE tenant_id = ? AND route = ? AND key = ?")
-        .bind(tenant.as_str())
-        .bind(route)
-        .bind(key)
-        .execute(&mut *c)
-        .await?;
+    c.prepare_cached("DELETE FROM idempotency_keys WHERE tenant_id = ? AND route = ? AND key = ?")?
+        .execute(params![tenant.as_str(), route, key])?;
     Ok(None)
 }
 
 /// Remembers the answer to an idempotent request, in its own transaction.
-pub(super) async fn remember_answer(
-    c: &mut SqliteConnection,
+pub(super) fn remember_answer(
+    c: &Connection,
     tenant: &TenantId,
     route: &str,
     key: &str,
     fingerprint: &str,
     (status, body): (u16, &Value),
     now: i64,
-) -> sqlx::Result<()> {
-    sqlx::query(
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
         "INSERT INTO idempotency_keys (tenant_id, route, key, fingerprint, status, body, created_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(tenant.as_str())
-    .bind(route)
-    .bind(key)
-    .bind(fingerprint)
-    .bind(status as i64)
-    .bind(body.to_string())
-    .bind(now)
-    .execute(c)
-    .await?;
+    )?
+    .execute(params![
+        tenant.as_str(),
+        route,
+        key,
+        fingerprint,
+        status as i64,
+        body.to_string(),
+        now
+    ])?;
     Ok(())
 }

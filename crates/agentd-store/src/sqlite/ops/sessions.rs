@@ -2,55 +2,45 @@
 
 use super::*;
 
-pub(crate) fn create_session<'c>(
-    c: &'c mut SqliteConnection,
-    _ctx: &'c mut Ctx,
-    s: &'c NewSession,
-) -> Op<'c, Result<Session, StoreError>> {
-    Box::pin(async move {
-        let value = if insert_session(c, s).await? {
-            Ok(session_of(s))
-        } else {
-            Err(StoreError::SessionExists)
-        };
-        Ok(Applied::value(value))
-    })
+pub(crate) fn create_session(
+    c: &Connection,
+    _ctx: &mut Ctx,
+    s: &NewSession,
+) -> Op<Result<Session, StoreError>> {
+    let value = if insert_session(c, s)? {
+        Ok(session_of(s))
+    } else {
+        Err(StoreError::SessionExists)
+    };
+    Ok(Applied::value(value))
 }
 
-pub(crate) fn delete_session<'c>(
-    c: &'c mut SqliteConnection,
-    ctx: &'c mut Ctx,
-    (tenant, id): &'c (TenantId, String),
-) -> Op<'c, bool> {
-    Box::pin(async move {
-        let rows: Vec<RunRow> = sqlx::query_as(&format!(
+pub(crate) fn delete_session(
+    c: &Connection,
+    ctx: &mut Ctx,
+    (tenant, id): &(TenantId, String),
+) -> Op<bool> {
+    let rows: Vec<RunRow> = c
+        .prepare_cached(&format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = ? AND session_id = ? \
              AND status IN ('queued', 'running', 'awaiting_input')"
-        ))
-        .bind(tenant.as_str())
-        .bind(id)
-        .fetch_all(&mut *c)
-        .await?;
-        let mut applied = Applied::value(false);
-        for row in rows {
-            let done = cancel_one(c, ctx, Run::try_from(row).map_err(corrupt)?).await?;
-            applied.events.extend(done.events);
-            applied.wake_workers |= done.wake;
-            if done.control {
-                applied.controls.push(done.run.id);
-            }
+        ))?
+        .query_map(params![tenant.as_str(), id], RunRow::from_columns)?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut applied = Applied::value(false);
+    for row in rows {
+        let done = cancel_one(c, ctx, Run::try_from(row).map_err(corrupt)?)?;
+        applied.events.extend(done.events);
+        applied.wake_workers |= done.wake;
+        if done.control {
+            applied.controls.push(done.run.id);
         }
-        sqlx::query("DELETE FROM messages WHERE tenant_id = ? AND session_id = ?")
-            .bind(tenant.as_str())
-            .bind(id)
-            .execute(&mut *c)
-            .await?;
-        let deleted = sqlx::query("DELETE FROM sessions WHERE tenant_id = ? AND id = ?")
-            .bind(tenant.as_str())
-            .bind(id)
-            .execute(&mut *c)
-            .await?;
-        applied.value = deleted.rows_affected() == 1;
-        Ok(applied)
-    })
+    }
+    c.prepare_cached("DELETE FROM messages WHERE tenant_id = ? AND session_id = ?")?
+        .execute(params![tenant.as_str(), id])?;
+    let deleted = c
+        .prepare_cached("DELETE FROM sessions WHERE tenant_id = ? AND id = ?")?
+        .execute(params![tenant.as_str(), id])?;
+    applied.value = deleted == 1;
+    Ok(applied)
 }
