@@ -100,6 +100,31 @@ impl EventHub {
         self.inner.work.notified()
     }
 
+    /// What a committed write tells this process: each run's new events to
+    /// its watchers (`events` grouped by run, as writers append them), control
+    /// rows to lease holders, and maybe a wake-up to idle workers.
+    pub(crate) fn announce_commit(
+        &self,
+        events: &[Event],
+        controls: &[String],
+        wake_workers: bool,
+    ) {
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            let n = rest.iter().take_while(|e| e.run_id == first.run_id).count();
+            if self.is_watched(&first.run_id) {
+                self.publish(&first.run_id, HubMessage::Events(rest[..n].to_vec().into()));
+            }
+            rest = &rest[n..];
+        }
+        for run_id in controls {
+            self.publish_control(run_id);
+        }
+        if wake_workers {
+            self.wake_workers();
+        }
+    }
+
     pub fn subscribe_controls(&self) -> broadcast::Receiver<String> {
         let mut guard = self
             .inner

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::batch::Ctx;
 use super::notify::Note;
 use super::plain::{PlainJob, apply_group};
-use crate::hub::{EventHub, HubMessage};
+use crate::hub::EventHub;
 use crate::metrics::StoreMetrics;
 use crate::{Lease, StoreError};
 use agentd_core::{Event, NewEvent};
@@ -121,20 +121,7 @@ impl<A: Send + Sync, R: Send> Job for TypedJob<A, R> {
 /// This node's own readers and workers hear of a commit here; other nodes
 /// through the batch's NOTIFY.
 pub(crate) fn announce<R>(hub: &EventHub, applied: &Applied<R>) {
-    let mut rest = applied.events.as_slice();
-    while let Some(first) = rest.first() {
-        let n = rest.iter().take_while(|e| e.run_id == first.run_id).count();
-        if hub.is_watched(&first.run_id) {
-            hub.publish(&first.run_id, HubMessage::Events(rest[..n].to_vec().into()));
-        }
-        rest = &rest[n..];
-    }
-    for run_id in &applied.controls {
-        hub.publish_control(run_id);
-    }
-    if applied.wake_workers {
-        hub.wake_workers();
-    }
+    hub.announce_commit(&applied.events, &applied.controls, applied.wake_workers);
 }
 
 /// The submitting side; cheap to clone.

@@ -19,8 +19,7 @@ use rusqlite::{Connection, params};
 /// Entries kept at most; past this the cache starts again empty.
 const MAX_CACHED_RUNS: usize = 100_000;
 /// One event row; the writer's every event goes through this statement.
-pub(crate) const INSERT_EVENT: &str =
-    "INSERT INTO run_events (run_id, seq, tenant_id, type, payload, created_at) \
+pub(crate) const INSERT_EVENT: &str = "INSERT INTO run_events (run_id, seq, tenant_id, type, payload, created_at) \
      VALUES (?, ?, ?, ?, ?, ?)";
 
 /// The fields of a run that decide whether an append may go ahead.

@@ -1,9 +1,10 @@
 //! API keys and the audit trail in SQLite: rows, reads, and the writer's ops.
 
 use agentd_core::{AuditAction, AuditOutcome, AuditRecord, Scopes, TenantId};
-use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use rusqlite::{Connection, OptionalExtension, params};
+use sqlx::{FromRow, QueryBuilder, SqlitePool};
 
-use super::ops::Op;
+use super::ops::{Op, corrupt};
 use super::writer::Applied;
 use super::{batch::Ctx, into_page, push_page};
 use crate::{
@@ -182,149 +183,134 @@ pub(super) async fn list_audit(
 
 // --- writes (run by the writer) -------------------------------------------
 
-pub(crate) fn create_key<'c>(
-    c: &'c mut SqliteConnection,
-    _ctx: &'c mut Ctx,
-    k: &'c ApiKey,
-) -> Op<'c, ()> {
-    Box::pin(async move {
-        sqlx::query(&format!(
-            "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(&k.id)
-        .bind(k.tenant_id.as_str())
-        .bind(&k.name)
-        .bind(serde_json::to_string(&k.scopes).unwrap_or_else(|_| "[]".into()))
-        .bind(hex::encode(k.secret))
-        .bind(k.previous.map(|p| hex::encode(p.digest)))
-        .bind(k.previous.map(|p| p.valid_until))
-        .bind(&k.created_by)
-        .bind(k.created_at)
-        .bind(k.expires_at)
-        .bind(k.rotated_at)
-        .bind(k.revoked_at)
-        .execute(c)
-        .await?;
-        Ok(Applied::value(()))
-    })
+pub(crate) fn create_key(c: &Connection, _ctx: &mut Ctx, k: &ApiKey) -> Op<()> {
+    c.prepare_cached(&format!(
+        "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))?
+    .execute(params![
+        k.id,
+        k.tenant_id.as_str(),
+        k.name,
+        serde_json::to_string(&k.scopes).unwrap_or_else(|_| "[]".into()),
+        hex::encode(k.secret),
+        k.previous.map(|p| hex::encode(p.digest)),
+        k.previous.map(|p| p.valid_until),
+        k.created_by,
+        k.created_at,
+        k.expires_at,
+        k.rotated_at,
+        k.revoked_at,
+    ])?;
+    Ok(Applied::value(()))
 }
 
-async fn load_key(
-    c: &mut SqliteConnection,
-    tenant: &TenantId,
-    id: &str,
-) -> sqlx::Result<Option<ApiKey>> {
-    let row: Option<KeyRow> = sqlx::query_as(&format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ? AND id = ?"
-    ))
-    .bind(tenant.as_str())
-    .bind(id)
-    .fetch_optional(c)
-    .await?;
-    row.map(ApiKey::try_from)
-        .transpose()
-        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+impl KeyRow {
+    /// Reads a row selected with [`KEY_COLUMNS`], in that order.
+    fn from_columns(r: &rusqlite::Row) -> rusqlite::Result<Self> {
+        Ok(KeyRow {
+            id: r.get(0)?,
+            tenant_id: r.get(1)?,
+            name: r.get(2)?,
+            scopes: r.get(3)?,
+            secret_sha256: r.get(4)?,
+            previous_sha256: r.get(5)?,
+            previous_valid_until: r.get(6)?,
+            created_by: r.get(7)?,
+            created_at: r.get(8)?,
+            expires_at: r.get(9)?,
+            rotated_at: r.get(10)?,
+            revoked_at: r.get(11)?,
+        })
+    }
+}
+
+fn load_key(c: &Connection, tenant: &TenantId, id: &str) -> rusqlite::Result<Option<ApiKey>> {
+    let row = c
+        .prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ? AND id = ?"
+        ))?
+        .query_row(params![tenant.as_str(), id], KeyRow::from_columns)
+        .optional()?;
+    row.map(ApiKey::try_from).transpose().map_err(corrupt)
 }
 
 /// Idempotent: revoking a revoked key returns it unchanged.
-pub(crate) fn revoke_key<'c>(
-    c: &'c mut SqliteConnection,
-    _ctx: &'c mut Ctx,
-    (tenant, id, now): &'c (TenantId, String, i64),
-) -> Op<'c, KeyChange> {
-    Box::pin(async move {
-        sqlx::query(
-            "UPDATE api_keys SET revoked_at = ?, previous_sha256 = NULL, previous_valid_until = NULL \
-             WHERE tenant_id = ? AND id = ? AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(tenant.as_str())
-        .bind(id)
-        .execute(&mut *c)
-        .await?;
-        Ok(Applied::value(match load_key(c, tenant, id).await? {
-            Some(k) => KeyChange::Changed(Box::new(k)),
-            None => KeyChange::NotFound,
-        }))
-    })
+pub(crate) fn revoke_key(
+    c: &Connection,
+    _ctx: &mut Ctx,
+    (tenant, id, now): &(TenantId, String, i64),
+) -> Op<KeyChange> {
+    c.prepare_cached(
+        "UPDATE api_keys SET revoked_at = ?, previous_sha256 = NULL, previous_valid_until = NULL \
+         WHERE tenant_id = ? AND id = ? AND revoked_at IS NULL",
+    )?
+    .execute(params![now, tenant.as_str(), id])?;
+    Ok(Applied::value(match load_key(c, tenant, id)? {
+        Some(k) => KeyChange::Changed(Box::new(k)),
+        None => KeyChange::NotFound,
+    }))
 }
 
-pub(crate) fn rotate_key<'c>(
-    c: &'c mut SqliteConnection,
-    _ctx: &'c mut Ctx,
-    r: &'c KeyRotation,
-) -> Op<'c, KeyChange> {
-    Box::pin(async move {
-        let Some(key) = load_key(c, &r.tenant_id, &r.id).await? else {
-            return Ok(Applied::value(KeyChange::NotFound));
-        };
-        if key.revoked_at.is_some() {
-            return Ok(Applied::value(KeyChange::Revoked));
-        }
-        let previous = r.previous_valid_until.map(|until| PreviousSecret {
-            digest: key.secret,
-            valid_until: until,
-        });
-        sqlx::query(
-            "UPDATE api_keys SET secret_sha256 = ?, previous_sha256 = ?, previous_valid_until = ?, \
-             rotated_at = ? WHERE tenant_id = ? AND id = ?",
-        )
-        .bind(hex::encode(r.secret))
-        .bind(previous.map(|p| hex::encode(p.digest)))
-        .bind(previous.map(|p| p.valid_until))
-        .bind(r.now)
-        .bind(r.tenant_id.as_str())
-        .bind(&r.id)
-        .execute(&mut *c)
-        .await?;
-        Ok(Applied::value(KeyChange::Changed(Box::new(ApiKey {
-            secret: r.secret,
-            previous,
-            rotated_at: Some(r.now),
-            ..key
-        }))))
-    })
+pub(crate) fn rotate_key(c: &Connection, _ctx: &mut Ctx, r: &KeyRotation) -> Op<KeyChange> {
+    let Some(key) = load_key(c, &r.tenant_id, &r.id)? else {
+        return Ok(Applied::value(KeyChange::NotFound));
+    };
+    if key.revoked_at.is_some() {
+        return Ok(Applied::value(KeyChange::Revoked));
+    }
+    let previous = r.previous_valid_until.map(|until| PreviousSecret {
+        digest: key.secret,
+        valid_until: until,
+    });
+    c.prepare_cached(
+        "UPDATE api_keys SET secret_sha256 = ?, previous_sha256 = ?, previous_valid_until = ?, \
+         rotated_at = ? WHERE tenant_id = ? AND id = ?",
+    )?
+    .execute(params![
+        hex::encode(r.secret),
+        previous.map(|p| hex::encode(p.digest)),
+        previous.map(|p| p.valid_until),
+        r.now,
+        r.tenant_id.as_str(),
+        r.id,
+    ])?;
+    Ok(Applied::value(KeyChange::Changed(Box::new(ApiKey {
+        secret: r.secret,
+        previous,
+        rotated_at: Some(r.now),
+        ..key
+    }))))
 }
 
 // The writer's op signature fixes the argument type as `&A`.
 #[allow(clippy::ptr_arg)]
-pub(crate) fn record_audit<'c>(
-    c: &'c mut SqliteConnection,
-    _ctx: &'c mut Ctx,
-    records: &'c Vec<AuditRecord>,
-) -> Op<'c, ()> {
-    Box::pin(async move {
-        insert_audit(c, records).await?;
-        Ok(Applied::value(()))
-    })
+pub(crate) fn record_audit(c: &Connection, _ctx: &mut Ctx, records: &Vec<AuditRecord>) -> Op<()> {
+    insert_audit(c, records)?;
+    Ok(Applied::value(()))
 }
 
 /// Also used by ops that audit inside their own transaction (run creation).
-pub(crate) async fn insert_audit(
-    c: &mut SqliteConnection,
-    records: &[AuditRecord],
-) -> sqlx::Result<()> {
-    // 12 parameters a row; stay well under SQLite's variable limit.
-    for chunk in records.chunks(200) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO audit_events (id, tenant_id, created_at, actor, actor_id, action, \
-             target_type, target_id, outcome, client_ip, request_id, details) ",
-        );
-        qb.push_values(chunk, |mut b, a| {
-            b.push_bind(&a.id)
-                .push_bind(a.tenant_id.as_str())
-                .push_bind(a.created_at)
-                .push_bind(&a.actor)
-                .push_bind(&a.actor_id)
-                .push_bind(a.action.as_str())
-                .push_bind(&a.target_type)
-                .push_bind(&a.target_id)
-                .push_bind(a.outcome.as_str())
-                .push_bind(&a.client_ip)
-                .push_bind(&a.request_id)
-                .push_bind(a.details.to_string());
-        });
-        qb.build().execute(&mut *c).await?;
+pub(crate) fn insert_audit(c: &Connection, records: &[AuditRecord]) -> rusqlite::Result<()> {
+    let mut insert = c.prepare_cached(
+        "INSERT INTO audit_events (id, tenant_id, created_at, actor, actor_id, action, \
+         target_type, target_id, outcome, client_ip, request_id, details) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?;
+    for a in records {
+        insert.execute(params![
+            a.id,
+            a.tenant_id.as_str(),
+            a.created_at,
+            a.actor,
+            a.actor_id,
+            a.action.as_str(),
+            a.target_type,
+            a.target_id,
+            a.outcome.as_str(),
+            a.client_ip,
+            a.request_id,
+            a.details.to_string(),
+        ])?;
     }
     Ok(())
 }

@@ -58,6 +58,8 @@ pub enum OpenError {
     Locked(PathBuf),
     #[error("cannot open database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("cannot open the database for writing: {0}")]
+    Writer(#[from] rusqlite::Error),
     #[error("cannot migrate database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -74,7 +76,8 @@ impl SqliteStore {
             Err(std::fs::TryLockError::Error(e)) => return Err(OpenError::DataDir(dir.clone(), e)),
         }
 
-        let options = connect_options(&dir.join("agentd.db"), config.fsync)?;
+        let path = dir.join("agentd.db");
+        let options = connect_options(&path, config.fsync)?;
         let mut conn = options.connect().await?;
         MIGRATOR.run(&mut conn).await?;
         // Whoever held these leases died with the previous process.
@@ -83,9 +86,11 @@ impl SqliteStore {
         )
         .execute(&mut conn)
         .await?;
+        sqlx::Connection::close(conn).await?;
+
+        let write = writer_connection(&path, config.fsync)?;
         // So did every sandbox it ran (killed with it): end their records.
-        let orphans =
-            sandboxes::end_orphans_on(&mut conn, agentd_core::time::now_millis(), None).await?;
+        let orphans = sandboxes::end_orphans_on(&write, agentd_core::time::now_millis(), None)?;
         if orphans > 0 {
             tracing::warn!(
                 orphans,
@@ -102,7 +107,8 @@ impl SqliteStore {
         let metrics = StoreMetrics::default();
         Ok(SqliteStore {
             reads,
-            writer: Writer::spawn(conn, hub.clone(), metrics.clone()),
+            writer: Writer::spawn(write, hub.clone(), metrics.clone())
+                .map_err(|e| OpenError::DataDir(dir.clone(), e))?,
             metrics,
             hub,
             _lock: lock,
@@ -124,6 +130,21 @@ fn connect_options(path: &Path, fsync: bool) -> Result<SqliteConnectOptions, sql
         .foreign_keys(false)
         .pragma("cache_size", "-16000")
         .disable_statement_logging())
+}
+
+/// The writer's own connection. Plain rusqlite on the writer's thread: the
+/// write path is the store's hot loop, and sqlx's SQLite driver would add a
+/// worker thread and a channel round trip to every statement (measured: a
+/// third of the daemon's CPU under load). Same settings as the read pool.
+fn writer_connection(path: &Path, fsync: bool) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.pragma_update(None, "cache_size", -16000)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
 }
 
 /// `created_at DESC, id DESC`, continuing after `cursor`.

@@ -2,7 +2,8 @@
 
 use agentd_core::TenantId;
 use agentd_core::time::Millis;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use rusqlite::{Connection, params};
+use sqlx::{QueryBuilder, SqlitePool};
 
 use super::keys::insert_audit;
 use super::ops::Op;
@@ -50,71 +51,62 @@ pub(super) async fn list_sandboxes(
     }))
 }
 
-pub(crate) fn put_sandbox<'c>(
-    c: &'c mut SqliteConnection,
-    _ctx: &'c mut Ctx,
-    (r, audit): &'c PutSandbox,
-) -> Op<'c, ()> {
-    Box::pin(async move {
-        let text = SandboxText::of(r);
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES ("
-        ));
-        let mut v = qb.separated(", ");
-        v.push_bind(r.tenant_id.as_str())
-            .push_bind(&r.id)
-            .push_bind(&r.phase)
-            .push_bind(&r.language)
-            .push_bind(&text.labels)
-            .push_bind(&text.limits)
-            .push_bind(&text.egress)
-            .push_bind(&r.kill_reason)
-            .push_bind(r.exit_code)
-            .push_bind(&r.error)
-            .push_bind(&text.result)
-            .push_bind(r.created_at)
-            .push_bind(r.started_at)
-            .push_bind(r.finished_at)
-            .push_bind(r.torn_down_at)
-            .push_bind(r.deadline_at);
-        qb.push(format!(
-            ") ON CONFLICT (tenant_id, id) DO UPDATE SET {SANDBOX_UPDATE}"
-        ));
-        qb.build().execute(&mut *c).await?;
-        insert_audit(c, audit).await?;
-        Ok(Applied::value(()))
-    })
+pub(crate) fn put_sandbox(c: &Connection, _ctx: &mut Ctx, (r, audit): &PutSandbox) -> Op<()> {
+    let text = SandboxText::of(r);
+    c.prepare_cached(&format!(
+        "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (tenant_id, id) DO UPDATE SET {SANDBOX_UPDATE}"
+    ))?
+    .execute(params![
+        r.tenant_id.as_str(),
+        r.id,
+        r.phase,
+        r.language,
+        text.labels,
+        text.limits,
+        text.egress,
+        r.kill_reason,
+        r.exit_code,
+        r.error,
+        text.result,
+        r.created_at,
+        r.started_at,
+        r.finished_at,
+        r.torn_down_at,
+        r.deadline_at,
+    ])?;
+    insert_audit(c, audit)?;
+    Ok(Applied::value(()))
 }
 
 /// Ends pending or running records: those past their deadline, or (`None`)
 /// all of them. Returns how many.
-pub(crate) fn end_orphans<'c>(
-    c: &'c mut SqliteConnection,
-    _ctx: &'c mut Ctx,
-    (now, deadline_before): &'c (Millis, Option<Millis>),
-) -> Op<'c, u64> {
-    Box::pin(async move {
-        let ended = end_orphans_on(c, *now, *deadline_before).await?;
-        Ok(Applied::value(ended))
-    })
+pub(crate) fn end_orphans(
+    c: &Connection,
+    _ctx: &mut Ctx,
+    (now, deadline_before): &(Millis, Option<Millis>),
+) -> Op<u64> {
+    Ok(Applied::value(end_orphans_on(c, *now, *deadline_before)?))
 }
 
 /// Also run at open, before the writer starts.
-pub(super) async fn end_orphans_on(
-    c: &mut SqliteConnection,
+pub(super) fn end_orphans_on(
+    c: &Connection,
     now: Millis,
     deadline_before: Option<Millis>,
-) -> sqlx::Result<u64> {
-    let done = sqlx::query(
-        "UPDATE sandboxes SET phase = ?, kill_reason = ?, error = ?, finished_at = ? \
-         WHERE phase IN ('pending', 'running') AND deadline_at < ?",
-    )
-    .bind(ORPHAN_PHASE)
-    .bind(ORPHAN_KILL_REASON)
-    .bind(ORPHAN_ERROR)
-    .bind(now)
-    .bind(deadline_before.unwrap_or(i64::MAX))
-    .execute(&mut *c)
-    .await?;
-    Ok(done.rows_affected())
+) -> rusqlite::Result<u64> {
+    let done = c
+        .prepare_cached(
+            "UPDATE sandboxes SET phase = ?, kill_reason = ?, error = ?, finished_at = ? \
+             WHERE phase IN ('pending', 'running') AND deadline_at < ?",
+        )?
+        .execute(params![
+            ORPHAN_PHASE,
+            ORPHAN_KILL_REASON,
+            ORPHAN_ERROR,
+            now,
+            deadline_before.unwrap_or(i64::MAX)
+        ])?;
+    Ok(done as u64)
 }

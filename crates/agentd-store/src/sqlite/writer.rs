@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::batch::Ctx;
 use crate::StoreError;
-use crate::hub::{EventHub, HubMessage};
+use crate::hub::EventHub;
 use crate::metrics::StoreMetrics;
 use agentd_core::Event;
 
@@ -79,7 +79,7 @@ impl<A: Send, R: Send> Job for TypedJob<A, R> {
         let mut appended = 0;
         let result = match (outcome, self.applied) {
             (Ok(()), Some(applied)) => {
-                announce(hub, &applied);
+                hub.announce_commit(&applied.events, &applied.controls, applied.wake_workers);
                 appended = applied.events.len();
                 Ok(applied.value)
             }

@@ -22,7 +22,14 @@ pub(crate) fn append(
              FROM runs WHERE id = ?"
         ))?
         .query_row([lease.run_id()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })
         .optional()?;
     let Some((status, epoch, owner, last_seq, usage, session_id)) = current else {
@@ -167,7 +174,9 @@ fn append_messages(
         .prepare_cached(
             "SELECT COALESCE(MAX(idx), 0) FROM messages WHERE tenant_id = ? AND session_id = ?",
         )?
-        .query_row(params![lease.tenant_id().as_str(), session_id], |r| r.get(0))?;
+        .query_row(params![lease.tenant_id().as_str(), session_id], |r| {
+            r.get(0)
+        })?;
     let mut insert = c.prepare_cached(
         "INSERT INTO messages (tenant_id, session_id, idx, run_id, role, content, created_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -2,176 +2,162 @@
 
 use super::*;
 
-pub(crate) fn claim_runs<'c>(
-    c: &'c mut SqliteConnection,
-    ctx: &'c mut Ctx,
-    req: &'c ClaimRequest,
-) -> Op<'c, Vec<ClaimedRun>> {
-    Box::pin(async move {
-        let now = now_millis();
-        let expired = expire_waits(c, ctx, now).await?;
-        // Lapsed leases first (recovery), then queued runs that are first in
-        // their session. Two queries, each on its own index, so neither scans
-        // the other's rows.
-        let mut candidates: Vec<(String, String)> = sqlx::query_as(
+/// `?, ?, …` for a dynamic `IN` list of `n` values.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+pub(crate) fn claim_runs(c: &Connection, ctx: &mut Ctx, req: &ClaimRequest) -> Op<Vec<ClaimedRun>> {
+    let now = now_millis();
+    let expired = expire_waits(c, ctx, now)?;
+    let pair = |r: &rusqlite::Row| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
+    // Lapsed leases first (recovery), then queued runs that are first in
+    // their session. Two queries, each on its own index, so neither scans
+    // the other's rows.
+    let mut candidates: Vec<(String, String)> = c
+        .prepare_cached(
             "SELECT id, status FROM runs INDEXED BY runs_by_lease WHERE status = 'running' \
              AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?",
-        )
-        .bind(now)
-        .bind(req.max as i64)
-        .fetch_all(&mut *c)
-        .await?;
-        let room = req.max.saturating_sub(candidates.len());
-        if room > 0 {
-            let queued: Vec<(String, String)> = sqlx::query_as(
-                "SELECT r.id, r.status FROM runs r WHERE r.status = 'queued' \
-                 AND NOT EXISTS (SELECT 1 FROM runs p WHERE p.tenant_id = r.tenant_id \
-                     AND p.session_id = r.session_id \
-                     AND p.status IN ('queued', 'running', 'awaiting_input') \
-                     AND (p.created_at < r.created_at \
-                       OR (p.created_at = r.created_at AND p.id < r.id))) \
-                 ORDER BY r.created_at, r.id LIMIT ?",
-            )
-            .bind(room as i64)
-            .fetch_all(&mut *c)
-            .await?;
-            candidates.extend(queued);
+        )?
+        .query_map(params![now, req.max as i64], pair)?
+        .collect::<rusqlite::Result<_>>()?;
+    let room = req.max.saturating_sub(candidates.len());
+    if room > 0 {
+        let mut queued = c.prepare_cached(
+            "SELECT r.id, r.status FROM runs r WHERE r.status = 'queued' \
+             AND NOT EXISTS (SELECT 1 FROM runs p WHERE p.tenant_id = r.tenant_id \
+                 AND p.session_id = r.session_id \
+                 AND p.status IN ('queued', 'running', 'awaiting_input') \
+                 AND (p.created_at < r.created_at \
+                   OR (p.created_at = r.created_at AND p.id < r.id))) \
+             ORDER BY r.created_at, r.id LIMIT ?",
+        )?;
+        for row in queued.query_map([room as i64], pair)? {
+            candidates.push(row?);
         }
+    }
 
-        if candidates.is_empty() {
-            return Ok(Applied {
-                value: Vec::new(),
-                wake_workers: !expired.is_empty(),
-                events: expired,
-                controls: Vec::new(),
-            });
-        }
-
-        // Every claim of the batch in one UPDATE and one SELECT.
-        let mut update = QueryBuilder::<Sqlite>::new(
-            "UPDATE runs SET status = 'running', lease_epoch = lease_epoch + 1, lease_owner = ",
-        );
-        update
-            .push_bind(&*req.owner)
-            .push(", lease_expires_at = ")
-            .push_bind(now + req.lease_ms)
-            .push(", started_at = COALESCE(started_at, ")
-            .push_bind(now)
-            .push("), updated_at = ")
-            .push_bind(now)
-            .push(" WHERE id IN (");
-        let mut ids = update.separated(", ");
-        for (id, _) in &candidates {
-            ids.push_bind(id.as_str());
-        }
-        update.push(")");
-        update.build().execute(&mut *c).await?;
-        let mut select =
-            QueryBuilder::<Sqlite>::new(format!("SELECT {RUN_COLUMNS} FROM runs WHERE id IN ("));
-        let mut ids = select.separated(", ");
-        for (id, _) in &candidates {
-            ids.push_bind(id.as_str());
-        }
-        select.push(") ORDER BY created_at, id");
-        let rows: Vec<RunRow> = select.build_query_as().fetch_all(&mut *c).await?;
-
-        let mut claimed = Vec::with_capacity(rows.len());
-        let mut published = Vec::new();
-        for row in rows {
-            let mut run = Run::try_from(row).map_err(corrupt)?;
-            let id = run.id.clone();
-            let was_running = candidates
-                .iter()
-                .any(|(c, status)| c == &id && status == RunStatus::Running.as_str());
-            // A run resumed by a signal waits `running` without a lease; its
-            // claim starts a worker, it recovers nothing.
-            let recovered = was_running && !last_is_resume(c, &id).await?;
-            let mut events = Vec::new();
-            if recovered {
-                if let Some(orphan) = orphaned_step(c, &id).await? {
-                    events.push(orphan);
-                }
-                events.push(NewEvent::new(
-                    EventType::WorkerRecovered,
-                    json!({"worker": &*req.owner, "lease_epoch": run.lease_epoch}),
-                ));
-            } else {
-                events.push(NewEvent::new(
-                    EventType::WorkerStarted,
-                    json!({"worker": &*req.owner, "lease_epoch": run.lease_epoch}),
-                ));
-            }
-            let stored = number_events(&id, run.last_seq, &events, now);
-            run.last_seq += stored.len() as i64;
-            // Cached first, then deferred: the batch's flush writes the
-            // claims' events together with everyone's deltas.
-            ctx.remember(
-                id.clone(),
-                CachedRun {
-                    tenant: run.tenant_id.clone(),
-                    status: RunStatus::Running,
-                    epoch: run.lease_epoch,
-                    owner: Some(req.owner.clone()),
-                    last_seq: run.last_seq,
-                    dirty: false,
-                },
-            );
-            ctx.defer(&id, &stored);
-            published.extend(stored);
-            // Control rows are only written for running runs (a queued one is
-            // cancelled on the spot), so only a recovered or resumed run can
-            // have any.
-            let controls = if was_running {
-                pending_controls(c, &id).await?
-            } else {
-                Vec::new()
-            };
-            claimed.push(ClaimedRun {
-                lease: Lease::new(
-                    id,
-                    run.tenant_id.clone(),
-                    run.lease_epoch,
-                    req.owner.clone(),
-                ),
-                run,
-                recovered,
-                controls,
-            });
-        }
-        published.extend(expired);
-        Ok(Applied {
-            value: claimed,
-            events: published,
-            wake_workers: false,
+    if candidates.is_empty() {
+        return Ok(Applied {
+            value: Vec::new(),
+            wake_workers: !expired.is_empty(),
+            events: expired,
             controls: Vec::new(),
-        })
+        });
+    }
+
+    // Every claim of the batch in one UPDATE and one SELECT.
+    let list = placeholders(candidates.len());
+    let ids = candidates.iter().map(|(id, _)| id.as_str());
+    let lease_expires = now + req.lease_ms;
+    let owner: &str = &req.owner;
+    let head: [&dyn rusqlite::ToSql; 4] = [&owner, &lease_expires, &now, &now];
+    c.prepare(&format!(
+        "UPDATE runs SET status = 'running', lease_epoch = lease_epoch + 1, lease_owner = ?, \
+         lease_expires_at = ?, started_at = COALESCE(started_at, ?), updated_at = ? \
+         WHERE id IN ({list})"
+    ))?
+    .execute(rusqlite::params_from_iter(head.into_iter().chain(
+        candidates.iter().map(|(id, _)| id as &dyn rusqlite::ToSql),
+    )))?;
+    let rows: Vec<RunRow> = c
+        .prepare(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id IN ({list}) ORDER BY created_at, id"
+        ))?
+        .query_map(rusqlite::params_from_iter(ids), RunRow::from_columns)?
+        .collect::<rusqlite::Result<_>>()?;
+
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut published = Vec::new();
+    for row in rows {
+        let mut run = Run::try_from(row).map_err(corrupt)?;
+        let id = run.id.clone();
+        let was_running = candidates
+            .iter()
+            .any(|(c, status)| c == &id && status == RunStatus::Running.as_str());
+        // A run resumed by a signal waits `running` without a lease; its
+        // claim starts a worker, it recovers nothing.
+        let recovered = was_running && !last_is_resume(c, &id)?;
+        let mut events = Vec::new();
+        if recovered {
+            if let Some(orphan) = orphaned_step(c, &id)? {
+                events.push(orphan);
+            }
+            events.push(NewEvent::new(
+                EventType::WorkerRecovered,
+                json!({"worker": &*req.owner, "lease_epoch": run.lease_epoch}),
+            ));
+        } else {
+            events.push(NewEvent::new(
+                EventType::WorkerStarted,
+                json!({"worker": &*req.owner, "lease_epoch": run.lease_epoch}),
+            ));
+        }
+        let stored = number_events(&id, run.last_seq, &events, now);
+        run.last_seq += stored.len() as i64;
+        // Cached first, then deferred: the batch's flush writes the
+        // claims' events together with everyone's deltas.
+        ctx.remember(
+            id.clone(),
+            CachedRun {
+                tenant: run.tenant_id.clone(),
+                status: RunStatus::Running,
+                epoch: run.lease_epoch,
+                owner: Some(req.owner.clone()),
+                last_seq: run.last_seq,
+                dirty: false,
+            },
+        );
+        ctx.defer(&id, &stored);
+        published.extend(stored);
+        // Control rows are only written for running runs (a queued one is
+        // cancelled on the spot), so only a recovered or resumed run can
+        // have any.
+        let controls = if was_running {
+            pending_controls(c, &id)?
+        } else {
+            Vec::new()
+        };
+        claimed.push(ClaimedRun {
+            lease: Lease::new(
+                id,
+                run.tenant_id.clone(),
+                run.lease_epoch,
+                req.owner.clone(),
+            ),
+            run,
+            recovered,
+            controls,
+        });
+    }
+    published.extend(expired);
+    Ok(Applied {
+        value: claimed,
+        events: published,
+        wake_workers: false,
+        controls: Vec::new(),
     })
 }
 
 /// Whether the run's newest event is `run.resumed`.
-async fn last_is_resume(c: &mut SqliteConnection, run_id: &str) -> sqlx::Result<bool> {
-    let last: Option<(String,)> =
-        sqlx::query_as("SELECT type FROM run_events WHERE run_id = ? ORDER BY seq DESC LIMIT 1")
-            .bind(run_id)
-            .fetch_optional(&mut *c)
-            .await?;
-    Ok(last.is_some_and(|(t,)| t == EventType::Resumed.as_str()))
+fn last_is_resume(c: &Connection, run_id: &str) -> rusqlite::Result<bool> {
+    let last: Option<String> = c
+        .prepare_cached("SELECT type FROM run_events WHERE run_id = ? ORDER BY seq DESC LIMIT 1")?
+        .query_row([run_id], |r| r.get(0))
+        .optional()?;
+    Ok(last.is_some_and(|t| t == EventType::Resumed.as_str()))
 }
 
 /// Ends paused runs whose wait for a human ran out (`approval_timeout_secs`):
 /// `run.limit_exceeded`, with no worker involved.
-async fn expire_waits(
-    c: &mut SqliteConnection,
-    ctx: &mut Ctx,
-    now: i64,
-) -> sqlx::Result<Vec<Event>> {
-    let due: Vec<RunRow> = sqlx::query_as(&format!(
-        "SELECT {RUN_COLUMNS} FROM runs INDEXED BY runs_by_wait \
-         WHERE status = 'awaiting_input' AND lease_expires_at < ? LIMIT 100"
-    ))
-    .bind(now)
-    .fetch_all(&mut *c)
-    .await?;
+fn expire_waits(c: &Connection, ctx: &mut Ctx, now: i64) -> rusqlite::Result<Vec<Event>> {
+    let due: Vec<RunRow> = c
+        .prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs INDEXED BY runs_by_wait \
+             WHERE status = 'awaiting_input' AND lease_expires_at < ? LIMIT 100"
+        ))?
+        .query_map([now], RunRow::from_columns)?
+        .collect::<rusqlite::Result<_>>()?;
     let mut published = Vec::new();
     for row in due {
         let run = Run::try_from(row).map_err(corrupt)?;
@@ -184,31 +170,26 @@ async fn expire_waits(
             EventType::LimitExceeded,
             json!({"limit": "approval_timeout_secs", "reason_code": "APPROVAL_TIMEOUT"}),
         );
-        let stored = insert_events(c, &run.tenant_id, &run.id, run.last_seq, &[event], now).await?;
-        sqlx::query(
+        let stored = insert_events(c, &run.tenant_id, &run.id, run.last_seq, &[event], now)?;
+        c.prepare_cached(
             "UPDATE runs SET status = ?, reason_code = 'APPROVAL_TIMEOUT', updated_at = ?, \
              finished_at = ?, lease_expires_at = NULL WHERE id = ?",
-        )
-        .bind(next.as_str())
-        .bind(now)
-        .bind(now)
-        .bind(&run.id)
-        .execute(&mut *c)
-        .await?;
+        )?
+        .execute(params![next.as_str(), now, now, run.id])?;
         published.extend(stored);
     }
     Ok(published)
 }
 
 /// The `step.done {retry_step}` that closes an attempt its worker never finished.
-async fn orphaned_step(c: &mut SqliteConnection, run_id: &str) -> sqlx::Result<Option<NewEvent>> {
-    let last: Option<(String, String)> = sqlx::query_as(
-        "SELECT type, payload FROM run_events WHERE run_id = ? \
-         AND type IN ('step.started', 'step.done') ORDER BY seq DESC LIMIT 1",
-    )
-    .bind(run_id)
-    .fetch_optional(&mut *c)
-    .await?;
+fn orphaned_step(c: &Connection, run_id: &str) -> rusqlite::Result<Option<NewEvent>> {
+    let last: Option<(String, String)> = c
+        .prepare_cached(
+            "SELECT type, payload FROM run_events WHERE run_id = ? \
+             AND type IN ('step.started', 'step.done') ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
     let Some((kind, payload)) = last else {
         return Ok(None);
     };
@@ -227,18 +208,26 @@ async fn orphaned_step(c: &mut SqliteConnection, run_id: &str) -> sqlx::Result<O
     )))
 }
 
-async fn pending_controls(c: &mut SqliteConnection, run_id: &str) -> sqlx::Result<Vec<Control>> {
-    let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+fn pending_controls(c: &Connection, run_id: &str) -> rusqlite::Result<Vec<Control>> {
+    let mut select = c.prepare_cached(
         "SELECT id, run_id, kind, payload FROM run_controls \
          WHERE run_id = ? AND consumed_at IS NULL ORDER BY id",
-    )
-    .bind(run_id)
-    .fetch_all(c)
-    .await?;
-    Ok(rows.into_iter().filter_map(control_of).collect())
+    )?;
+    let rows = select.query_map([run_id], control_columns)?;
+    Ok(rows
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .filter_map(control_of)
+        .collect())
 }
 
-fn control_of((id, run_id, kind, payload): (i64, String, String, String)) -> Option<Control> {
+type ControlColumns = (i64, String, String, String);
+
+fn control_columns(r: &rusqlite::Row) -> rusqlite::Result<ControlColumns> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn control_of((id, run_id, kind, payload): ControlColumns) -> Option<Control> {
     Some(Control {
         id,
         run_id,
@@ -247,81 +236,65 @@ fn control_of((id, run_id, kind, payload): (i64, String, String, String)) -> Opt
     })
 }
 
-pub(crate) fn heartbeat<'c>(
-    c: &'c mut SqliteConnection,
-    _ctx: &'c mut Ctx,
-    (owner, lease_ms): &'c (String, i64),
-) -> Op<'c, Heartbeat> {
-    Box::pin(async move {
-        let now = now_millis();
-        sqlx::query(
-            "UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'running'",
-        )
-        .bind(now + lease_ms)
-        .bind(owner)
-        .execute(&mut *c)
-        .await?;
-        let held: Vec<(String, i64)> = sqlx::query_as(
+pub(crate) fn heartbeat(
+    c: &Connection,
+    _ctx: &mut Ctx,
+    (owner, lease_ms): &(String, i64),
+) -> Op<Heartbeat> {
+    let now = now_millis();
+    c.prepare_cached(
+        "UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'running'",
+    )?
+    .execute(params![now + lease_ms, owner])?;
+    let held = c
+        .prepare_cached(
             "SELECT id, lease_epoch FROM runs WHERE lease_owner = ? AND status = 'running'",
-        )
-        .bind(owner)
-        .fetch_all(&mut *c)
-        .await?;
-        let controls: Vec<(i64, String, String, String)> = sqlx::query_as(
+        )?
+        .query_map([owner], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let controls = c
+        .prepare_cached(
             "SELECT c.id, c.run_id, c.kind, c.payload FROM run_controls c \
              JOIN runs r ON r.id = c.run_id \
              WHERE r.lease_owner = ? AND r.status = 'running' AND c.consumed_at IS NULL \
              ORDER BY c.id",
-        )
-        .bind(owner)
-        .fetch_all(&mut *c)
-        .await?;
-        Ok(Applied::value(Heartbeat {
-            held: held.into_iter().collect(),
-            controls: controls.into_iter().filter_map(control_of).collect(),
-        }))
-    })
+        )?
+        .query_map([owner], control_columns)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Applied::value(Heartbeat {
+        held,
+        controls: controls.into_iter().filter_map(control_of).collect(),
+    }))
 }
 
-pub(crate) fn release_leases<'c>(
-    c: &'c mut SqliteConnection,
-    ctx: &'c mut Ctx,
-    owner: &'c String,
-) -> Op<'c, ()> {
-    Box::pin(async move {
-        sqlx::query(
-            "UPDATE runs SET lease_owner = NULL, lease_expires_at = 0 \
-             WHERE lease_owner = ? AND status = 'running'",
-        )
-        .bind(owner)
-        .execute(c)
-        .await?;
-        ctx.forget_all();
-        let mut applied = Applied::value(());
-        applied.wake_workers = true;
-        Ok(applied)
-    })
+pub(crate) fn release_leases(c: &Connection, ctx: &mut Ctx, owner: &String) -> Op<()> {
+    c.prepare_cached(
+        "UPDATE runs SET lease_owner = NULL, lease_expires_at = 0 \
+         WHERE lease_owner = ? AND status = 'running'",
+    )?
+    .execute([owner])?;
+    ctx.forget_all();
+    let mut applied = Applied::value(());
+    applied.wake_workers = true;
+    Ok(applied)
 }
 
 /// Gives up one lease, if `owner` still holds it at `epoch`.
-pub(crate) fn release_run<'c>(
-    c: &'c mut SqliteConnection,
-    ctx: &'c mut Ctx,
-    (owner, run_id, epoch): &'c (String, String, i64),
-) -> Op<'c, ()> {
-    Box::pin(async move {
-        let done = sqlx::query(
+pub(crate) fn release_run(
+    c: &Connection,
+    ctx: &mut Ctx,
+    (owner, run_id, epoch): &(String, String, i64),
+) -> Op<()> {
+    let done = c
+        .prepare_cached(
             "UPDATE runs SET lease_owner = NULL, lease_expires_at = 0 \
              WHERE id = ? AND lease_owner = ? AND lease_epoch = ? AND status = 'running'",
-        )
-        .bind(run_id)
-        .bind(owner)
-        .bind(epoch)
-        .execute(c)
-        .await?;
-        ctx.forget(run_id);
-        let mut applied = Applied::value(());
-        applied.wake_workers = done.rows_affected() > 0;
-        Ok(applied)
-    })
+        )?
+        .execute(params![run_id, owner, epoch])?;
+    ctx.forget(run_id);
+    let mut applied = Applied::value(());
+    applied.wake_workers = done > 0;
+    Ok(applied)
 }

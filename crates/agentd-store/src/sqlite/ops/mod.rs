@@ -52,7 +52,7 @@ fn load_run(c: &Connection, id: &str) -> rusqlite::Result<Option<Run>> {
 /// Domain decoding errors inside a write surface as SQL errors: they abort
 /// the job, which is then retried alone and reported (`StoreError`'s
 /// `From<rusqlite::Error>` takes the `StoreError` back out).
-fn corrupt(e: StoreError) -> rusqlite::Error {
+pub(crate) fn corrupt(e: StoreError) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
 }
 

@@ -120,7 +120,11 @@ pub(super) struct Cancelled {
     pub control: bool,
 }
 
-pub(super) fn cancel_one(c: &Connection, ctx: &mut Ctx, mut run: Run) -> rusqlite::Result<Cancelled> {
+pub(super) fn cancel_one(
+    c: &Connection,
+    ctx: &mut Ctx,
+    mut run: Run,
+) -> rusqlite::Result<Cancelled> {
     ctx.forget(&run.id);
     let now = now_millis();
     match run.status {

@@ -9,12 +9,12 @@ use crate::sqlite::keys::insert_audit;
 use crate::sqlite::rows::EventRow;
 use crate::{SignalOutcome, SignalReceipt, SignalRun};
 
-pub(crate) fn signal_run<'c>(
-    c: &'c mut SqliteConnection,
-    ctx: &'c mut Ctx,
-    s: &'c SignalRun,
-) -> Op<'c, Result<SignalOutcome, StoreError>> {
-    Box::pin(async move {
+pub(crate) fn signal_run(
+    c: &Connection,
+    ctx: &mut Ctx,
+    s: &SignalRun,
+) -> Op<Result<SignalOutcome, StoreError>> {
+    {
         let now = now_millis();
         if let Some(idem) = &s.idempotency {
             match prior_answer(
@@ -24,9 +24,7 @@ pub(crate) fn signal_run<'c>(
                 &idem.key,
                 &idem.fingerprint,
                 now,
-            )
-            .await?
-            {
+            )? {
                 Some(Ok((status, body))) => {
                     return Ok(Applied::value(Ok(SignalOutcome::Replayed { status, body })));
                 }
@@ -34,23 +32,20 @@ pub(crate) fn signal_run<'c>(
                 None => {}
             }
         }
-        let Some(mut run) = load_run(c, &s.run_id)
-            .await?
-            .filter(|r| r.tenant_id == s.tenant_id)
-        else {
+        let Some(mut run) = load_run(c, &s.run_id)?.filter(|r| r.tenant_id == s.tenant_id) else {
             return Ok(Applied::value(Ok(SignalOutcome::NotFound)));
         };
         if run.status != RunStatus::AwaitingInput {
             return Ok(Applied::value(Ok(SignalOutcome::NotAwaiting(run.status))));
         }
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT run_id, seq, type, payload, created_at FROM run_events \
-             WHERE run_id = ? AND type IN ('run.awaiting_input', 'run.signal_received') \
-             ORDER BY seq",
-        )
-        .bind(&s.run_id)
-        .fetch_all(&mut *c)
-        .await?;
+        let rows: Vec<EventRow> = c
+            .prepare_cached(
+                "SELECT run_id, seq, type, payload, created_at FROM run_events \
+                 WHERE run_id = ? AND type IN ('run.awaiting_input', 'run.signal_received') \
+                 ORDER BY seq",
+            )?
+            .query_map([&s.run_id], EventRow::from_columns)?
+            .collect::<rusqlite::Result<_>>()?;
         let events = rows
             .into_iter()
             .map(Event::try_from)
@@ -82,26 +77,22 @@ pub(crate) fn signal_run<'c>(
             new_events.push(NewEvent::new(EventType::Resumed, json!({})));
         }
         ctx.forget(&run.id);
-        let stored =
-            insert_events(c, &run.tenant_id, &run.id, run.last_seq, &new_events, now).await?;
+        let stored = insert_events(c, &run.tenant_id, &run.id, run.last_seq, &new_events, now)?;
         if resumed {
             // Claimable at once; the claim sees `run.resumed` last and starts
             // a worker rather than a recovery.
-            sqlx::query(
+            c.prepare_cached(
                 "UPDATE runs SET status = 'running', lease_owner = NULL, lease_expires_at = 0, \
                  updated_at = ? WHERE id = ?",
-            )
-            .bind(now)
-            .bind(&run.id)
-            .execute(&mut *c)
-            .await?;
+            )?
+            .execute(params![now, run.id])?;
         }
         let accepted: Vec<String> = decisions.iter().map(|d| d.request_id.clone()).collect();
         let mut audit = s.audit.clone();
         audit.target_type = Some("run".into());
         audit.target_id = Some(run.id.clone());
         audit.details = json!({"action": s.action, "requests": accepted, "resumed": resumed});
-        insert_audit(c, std::slice::from_ref(&audit)).await?;
+        insert_audit(c, std::slice::from_ref(&audit))?;
 
         let receipt = SignalReceipt {
             run_id: run.id.clone(),
@@ -120,8 +111,7 @@ pub(crate) fn signal_run<'c>(
                 &idem.fingerprint,
                 (200, &body),
                 now,
-            )
-            .await?;
+            )?;
         }
         Ok(Applied {
             value: Ok(SignalOutcome::Applied(receipt)),
@@ -129,5 +119,5 @@ pub(crate) fn signal_run<'c>(
             wake_workers: resumed,
             controls: Vec::new(),
         })
-    })
+    }
 }
