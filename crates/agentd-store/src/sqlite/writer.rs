@@ -106,9 +106,7 @@ impl Writer {
         metrics: StoreMetrics,
     ) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx, hub, metrics))?;
+        tokio::spawn(run(conn, rx, hub, metrics));
         Ok(Writer { tx })
     }
 
@@ -156,7 +154,7 @@ impl Writer {
 /// [`MAX_BATCH`]), runs them in one transaction as plain calls, commits,
 /// then announces and replies. Nothing here awaits: a statement is a
 /// function call, not a round trip to another thread.
-fn run(
+async fn run(
     conn: Connection,
     mut rx: mpsc::Receiver<Box<dyn Job>>,
     hub: EventHub,
@@ -164,7 +162,7 @@ fn run(
 ) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut ctx = Ctx::default();
-    while let Some(first) = rx.blocking_recv() {
+    while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
