@@ -9,6 +9,7 @@
 mod batch;
 pub(crate) mod keys;
 mod ops;
+mod reads;
 pub(crate) mod rows;
 mod sandboxes;
 mod writer;
@@ -24,7 +25,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, QueryBuilder, Sqlite, SqlitePool};
 
-use self::rows::{EventRow, MessageRow, RUN_COLUMNS, RunRow, SessionRow};
+use self::rows::{MessageRow, RUN_COLUMNS, RunRow, SessionRow};
 use self::writer::Writer;
 use crate::{
     ApiKey, AuditFilter, ClaimRequest, ClaimedRun, CreateRunOutcome, EventHub, Heartbeat,
@@ -43,6 +44,8 @@ pub struct SqliteConfig {
 
 pub struct SqliteStore {
     reads: SqlitePool,
+    /// The hot reads, inline on the caller's task.
+    inline: reads::InlineReads,
     writer: Writer,
     hub: EventHub,
     metrics: StoreMetrics,
@@ -107,6 +110,7 @@ impl SqliteStore {
         let metrics = StoreMetrics::default();
         Ok(SqliteStore {
             reads,
+            inline: reads::InlineReads::new(path),
             writer: Writer::spawn(write, hub.clone(), metrics.clone())
                 .map_err(|e| OpenError::DataDir(dir.clone(), e))?,
             metrics,
@@ -252,14 +256,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_run(&self, tenant: &TenantId, id: &str) -> Result<Option<Run>, StoreError> {
-        let row: Option<RunRow> = sqlx::query_as(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = ? AND id = ?"
-        ))
-        .bind(tenant.as_str())
-        .bind(id)
-        .fetch_optional(&self.reads)
-        .await?;
-        row.map(Run::try_from).transpose()
+        self.inline.get_run(tenant, id)
     }
 
     async fn list_runs(
@@ -302,17 +299,8 @@ impl Store for SqliteStore {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT run_id, seq, type, payload, created_at FROM run_events \
-             WHERE run_id = ? AND tenant_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(run_id)
-        .bind(tenant.as_str())
-        .bind(after_seq)
-        .bind(limit as i64)
-        .fetch_all(&self.reads)
-        .await?;
-        rows.into_iter().map(Event::try_from).collect()
+        self.inline
+            .events_after(tenant, run_id, after_seq, limit)
     }
 
     async fn cancel_run(&self, tenant: &TenantId, id: &str) -> Result<Option<Run>, StoreError> {
