@@ -200,7 +200,9 @@ pub async fn agentd_turn(
     let mut first = None;
     while let Some(ev) = events.next().await {
         let ev = ev.map_err(|e| fail("stream: error", e))?;
-        if first.is_none() { first = Some(start.elapsed()); }
+        if first.is_none() {
+            first = Some(start.elapsed());
+        }
         match ev.event.as_str() {
             "run_event" => {}
             "error" => return Err(fail("stream: error event", ev.data)),
@@ -210,7 +212,16 @@ pub async fn agentd_turn(
         match v["type"].as_str().unwrap_or("") {
             "step.progress" if ttft.is_none() => ttft = Some(start.elapsed()),
             "run.worker.succeeded" => {
-                if std::env::var_os("BENCH_TRACE").is_some() { eprintln!("TRACE post={} get={} first={} ttft={} end={}", t_post.as_millis(), t_get.as_millis(), first.unwrap().as_millis(), ttft.unwrap_or_default().as_millis(), start.elapsed().as_millis()); }
+                if std::env::var_os("BENCH_TRACE").is_some() {
+                    eprintln!(
+                        "TRACE post={} get={} first={} ttft={} end={}",
+                        t_post.as_millis(),
+                        t_get.as_millis(),
+                        first.unwrap().as_millis(),
+                        ttft.unwrap_or_default().as_millis(),
+                        start.elapsed().as_millis()
+                    );
+                }
                 return ttft.ok_or_else(|| fail("run: no step.progress", format!("run {id}")));
             }
             kind @ ("run.worker.failed" | "run.cancelled" | "run.limit_exceeded") => {

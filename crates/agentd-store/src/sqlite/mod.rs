@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, QueryBuilder, Sqlite, SqlitePool};
 
-use self::rows::{MessageRow, RUN_COLUMNS, RunRow, SessionRow};
+use self::rows::{RUN_COLUMNS, RunRow, SessionRow};
 use self::writer::Writer;
 use crate::{
     ApiKey, AuditFilter, ClaimRequest, ClaimedRun, CreateRunOutcome, EventHub, Heartbeat,
@@ -240,15 +240,7 @@ impl Store for SqliteStore {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Vec<Message>, StoreError> {
-        let rows: Vec<MessageRow> = sqlx::query_as(
-            "SELECT idx, run_id, role, content, created_at FROM messages \
-             WHERE tenant_id = ? AND session_id = ? ORDER BY idx",
-        )
-        .bind(tenant.as_str())
-        .bind(id)
-        .fetch_all(&self.reads)
-        .await?;
-        Ok(rows.into_iter().map(Message::from).collect())
+        self.inline.session_messages(tenant, id)
     }
 
     async fn create_run(&self, new: NewRun) -> Result<CreateRunOutcome, StoreError> {
@@ -299,8 +291,7 @@ impl Store for SqliteStore {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
-        self.inline
-            .events_after(tenant, run_id, after_seq, limit)
+        self.inline.events_after(tenant, run_id, after_seq, limit)
     }
 
     async fn cancel_run(&self, tenant: &TenantId, id: &str) -> Result<Option<Run>, StoreError> {

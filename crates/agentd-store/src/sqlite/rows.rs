@@ -180,6 +180,19 @@ pub(crate) struct MessageRow {
     created_at: i64,
 }
 
+impl MessageRow {
+    /// `idx, run_id, role, content, created_at`, in that order.
+    pub(crate) fn from_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
+        Ok(MessageRow {
+            idx: r.get(0)?,
+            run_id: r.get(1)?,
+            role: r.get(2)?,
+            content: r.get(3)?,
+            created_at: r.get(4)?,
+        })
+    }
+}
+
 impl From<MessageRow> for Message {
     fn from(r: MessageRow) -> Message {
         Message {
