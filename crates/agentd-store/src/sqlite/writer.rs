@@ -19,6 +19,8 @@ use agentd_core::Event;
 
 /// Jobs in one transaction at most; bounds a batch's latency.
 const MAX_BATCH: usize = 1024;
+/// Below this many jobs the writer yields once before committing.
+const SMALL_BATCH: usize = 32;
 /// Queue depth before submitters wait (back-pressure instead of memory).
 const QUEUE_DEPTH: usize = 16 * 1024;
 
@@ -164,11 +166,15 @@ async fn run(
     let mut ctx = Ctx::default();
     while let Some(first) = rx.recv().await {
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+        drain(&mut rx, &mut batch);
+        if batch.len() < SMALL_BATCH {
+            // Let the tasks that are already runnable go first: whatever
+            // they submit joins this batch. Nothing here sleeps, and a
+            // trickle of appends makes one commit instead of many. A batch
+            // that is already big commits at once: behind a long run queue
+            // the wait would cost more latency than the commit saves.
+            tokio::task::yield_now().await;
+            drain(&mut rx, &mut batch);
         }
         match apply_all(&conn, &mut ctx, &mut batch) {
             Ok(()) => {
@@ -193,6 +199,15 @@ async fn run(
     }
     if let Err((_, e)) = conn.close() {
         tracing::warn!(error = %e, "closing the database failed");
+    }
+}
+
+fn drain(rx: &mut mpsc::Receiver<Box<dyn Job>>, batch: &mut Vec<Box<dyn Job>>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
     }
 }
 
