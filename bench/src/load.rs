@@ -178,7 +178,6 @@ pub async fn agentd_turn(
         return Err(fail(format!("POST: HTTP {}", status.as_u16()), text));
     }
     let run: Value = resp.json().await.map_err(|e| fail("POST: bad body", e))?;
-    let t_post = start.elapsed();
     let id = run["id"]
         .as_str()
         .ok_or_else(|| fail("POST: no id", run.to_string()))?;
@@ -194,15 +193,10 @@ pub async fn agentd_turn(
         let text = resp.text().await.unwrap_or_default();
         return Err(fail(format!("stream: HTTP {}", status.as_u16()), text));
     }
-    let t_get = start.elapsed();
     let mut events = resp.bytes_stream().eventsource();
     let mut ttft = None;
-    let mut first = None;
     while let Some(ev) = events.next().await {
         let ev = ev.map_err(|e| fail("stream: error", e))?;
-        if first.is_none() {
-            first = Some(start.elapsed());
-        }
         match ev.event.as_str() {
             "run_event" => {}
             "error" => return Err(fail("stream: error event", ev.data)),
@@ -212,16 +206,6 @@ pub async fn agentd_turn(
         match v["type"].as_str().unwrap_or("") {
             "step.progress" if ttft.is_none() => ttft = Some(start.elapsed()),
             "run.worker.succeeded" => {
-                if std::env::var_os("BENCH_TRACE").is_some() {
-                    eprintln!(
-                        "TRACE post={} get={} first={} ttft={} end={}",
-                        t_post.as_millis(),
-                        t_get.as_millis(),
-                        first.unwrap().as_millis(),
-                        ttft.unwrap_or_default().as_millis(),
-                        start.elapsed().as_millis()
-                    );
-                }
                 return ttft.ok_or_else(|| fail("run: no step.progress", format!("run {id}")));
             }
             kind @ ("run.worker.failed" | "run.cancelled" | "run.limit_exceeded") => {

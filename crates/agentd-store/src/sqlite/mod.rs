@@ -3,8 +3,9 @@
 //! One process owns a data dir (an exclusive lock on `agentd.lock`), so at open
 //! every lease in the database belongs to a dead process and is expired at
 //! once: runs in flight at a crash are recovered as soon as a worker polls.
-//! All writes go through one group-committing [`writer::Writer`]; reads use a
-//! small pool of read connections, which WAL lets run beside the writer.
+//! All writes go through one group-committing [`writer::Writer`]; the hot
+//! reads run inline on read-only connections ([`reads`]), the rest on a small
+//! sqlx pool; WAL lets both run beside the writer.
 
 mod batch;
 pub(crate) mod keys;
@@ -111,8 +112,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             reads,
             inline: reads::InlineReads::new(path),
-            writer: Writer::spawn(write, hub.clone(), metrics.clone())
-                .map_err(|e| OpenError::DataDir(dir.clone(), e))?,
+            writer: Writer::spawn(write, hub.clone(), metrics.clone()),
             metrics,
             hub,
             _lock: lock,

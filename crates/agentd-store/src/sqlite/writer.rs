@@ -1,12 +1,16 @@
-//! The group-commit writer (DESIGN §4): one connection, one thread; every
+//! The group-commit writer (DESIGN §4): one connection, one task; every
 //! write is a job on its queue, and all jobs that arrived while the previous
 //! transaction committed go into the next one. Readers are woken after the
 //! commit, so what they see is durable.
 //!
-//! The connection is rusqlite's, owned by the writer's thread, so a batch's
-//! statements are function calls. (Through sqlx each statement was a round
-//! trip to sqlx's own connection thread: at 100 streaming runs that thread
-//! and the writer task's wake-ups took about half of agentd's CPU.)
+//! The connection is rusqlite's, owned by the writer's task, and a batch runs
+//! inline on whichever runtime worker polls it: its statements are function
+//! calls, and the jobs' submitters and the readers it wakes are often on the
+//! same worker, so a delta's way from the agent loop to its reader crosses no
+//! thread. (Through sqlx each statement was a round trip to sqlx's own
+//! connection thread; on a thread of its own the writer still cost two
+//! thread wake-ups a batch. bench/README.md has the figures.) A batch holds
+//! its worker for as long as it runs: MAX_BATCH bounds that.
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -100,16 +104,13 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer's thread on `conn`. It runs until every `Writer`
-    /// clone is dropped, then closes the connection (checkpointing the WAL).
-    pub fn spawn(
-        conn: Connection,
-        hub: EventHub,
-        metrics: StoreMetrics,
-    ) -> std::io::Result<Writer> {
+    /// Starts the writer's task on `conn` (call inside the runtime). It runs
+    /// until every `Writer` clone is dropped, then closes the connection
+    /// (checkpointing the WAL).
+    pub fn spawn(conn: Connection, hub: EventHub, metrics: StoreMetrics) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(run(conn, rx, hub, metrics));
-        Ok(Writer { tx })
+        Writer { tx }
     }
 
     pub async fn submit<A, R>(&self, op: OpFn<A, R>, args: A) -> Result<R, StoreError>
@@ -152,7 +153,7 @@ impl Writer {
     }
 }
 
-/// The writer's thread: takes every job that is waiting (up to
+/// The writer's task: takes every job that is waiting (up to
 /// [`MAX_BATCH`]), runs them in one transaction as plain calls, commits,
 /// then announces and replies. Nothing here awaits: a statement is a
 /// function call, not a round trip to another thread.
