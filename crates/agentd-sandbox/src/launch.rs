@@ -213,6 +213,16 @@ impl Launcher {
 
         let mut outcome = Outcome::default();
         let mut written: u64 = 0;
+        // Output and the helper's status come through separate pipes and
+        // tasks, so the first output can overtake `Started`. Output means the
+        // workload runs (the helper reports `Started` before it execs it), so
+        // whichever comes first marks the start, once.
+        let mut seen_start = false;
+        let mark_started = |seen: &mut bool| {
+            if !std::mem::replace(seen, true) {
+                observer.started();
+            }
+        };
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(spec.limits.wall_clock_secs);
         let cpu_cap = spec.limits.cpu_secs.saturating_mul(1_000_000_000);
@@ -234,6 +244,7 @@ impl Launcher {
                         let take = (data.len() as u64).min(room) as usize;
                         written += take as u64;
                         if take > 0 {
+                            mark_started(&mut seen_start);
                             observer.output(stream, &data[..take]);
                         }
                         if take < data.len() {
@@ -245,7 +256,7 @@ impl Launcher {
                 status = status_rx.recv(), if status_open => match status {
                     Some(Status::Started) => {
                         tracing::debug!(sandbox = %spec.name, us = started.elapsed().as_micros() as u64, "workload started");
-                        observer.started();
+                        mark_started(&mut seen_start);
                     }
                     Some(Status::SetupError { message }) => outcome.setup_error = Some(message),
                     Some(Status::Exited { code }) => outcome.exit_code = Some(code),
@@ -285,6 +296,7 @@ impl Launcher {
             let take = (data.len() as u64).min(room) as usize;
             written += take as u64;
             if take > 0 {
+                mark_started(&mut seen_start);
                 observer.output(stream, &data[..take]);
             }
             if take < data.len() {
@@ -297,7 +309,7 @@ impl Launcher {
             tokio::time::timeout(Duration::from_millis(200), status_rx.recv()).await
         {
             match s {
-                Status::Started => observer.started(),
+                Status::Started => mark_started(&mut seen_start),
                 Status::SetupError { message } => outcome.setup_error = Some(message),
                 Status::Exited { code } => outcome.exit_code = Some(code),
                 Status::Signaled { signal } => outcome.signal = Some(signal),
