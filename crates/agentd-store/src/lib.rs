@@ -16,6 +16,7 @@ mod hub;
 mod keys;
 mod metrics;
 pub mod postgres;
+mod recovery;
 mod sandboxes;
 pub mod sqlite;
 mod types;

@@ -136,10 +136,11 @@ fn connect_options(path: &Path, fsync: bool) -> Result<SqliteConnectOptions, sql
         .disable_statement_logging())
 }
 
-/// The writer's own connection. Plain rusqlite on the writer's thread: the
-/// write path is the store's hot loop, and sqlx's SQLite driver would add a
-/// worker thread and a channel round trip to every statement (measured: a
-/// third of the daemon's CPU under load). Same settings as the read pool.
+/// The writer's own connection. Plain rusqlite, used inline by the writer's
+/// task: the write path is the store's hot loop, and sqlx's SQLite driver
+/// would add a worker thread and a channel round trip to every statement
+/// (measured: a third of the daemon's CPU under load). Same settings as
+/// [`connect_options`] gives sqlx's connections.
 fn writer_connection(path: &Path, fsync: bool) -> rusqlite::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use agentd_core::{Event, Message, Run, TenantId};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::rows::{EventRow, MessageRow, RUN_COLUMNS, RunRow};
+use super::rows::{EVENT_COLUMNS, EventRow, MessageRow, RUN_COLUMNS, RunRow};
 use crate::StoreError;
 
 /// Idle connections kept; more are opened for a burst and closed after it.
@@ -76,10 +76,10 @@ impl InlineReads {
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
         let rows = self.with(|c| {
-            c.prepare_cached(
-                "SELECT run_id, seq, type, payload, created_at FROM run_events \
-                 WHERE run_id = ? AND tenant_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-            )?
+            c.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM run_events \
+                 WHERE run_id = ? AND tenant_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+            ))?
             .query_map(
                 params![run_id, tenant.as_str(), after_seq, limit as i64],
                 EventRow::from_columns,

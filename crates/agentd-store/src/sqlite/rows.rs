@@ -47,7 +47,7 @@ pub(crate) struct RunRow {
 }
 
 impl RunRow {
-    /// A row of the writer's connection selected with [`RUN_COLUMNS`], in
+    /// A rusqlite row selected with [`RUN_COLUMNS`], in
     /// their order.
     pub(crate) fn from_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         Ok(RunRow {
@@ -144,8 +144,11 @@ pub(crate) struct EventRow {
     created_at: i64,
 }
 
+/// An event row's columns, in [`EventRow::from_columns`]'s order.
+pub(crate) const EVENT_COLUMNS: &str = "run_id, seq, type, payload, created_at";
+
 impl EventRow {
-    /// A row of the writer's connection: `run_id, seq, type, payload, created_at`.
+    /// A rusqlite row selected with [`EVENT_COLUMNS`], in their order.
     pub(crate) fn from_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
         Ok(EventRow {
             run_id: r.get(0)?,

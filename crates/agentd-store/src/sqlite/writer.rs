@@ -155,8 +155,9 @@ impl Writer {
 
 /// The writer's task: takes every job that is waiting (up to
 /// [`MAX_BATCH`]), runs them in one transaction as plain calls, commits,
-/// then announces and replies. Nothing here awaits: a statement is a
-/// function call, not a round trip to another thread.
+/// then announces and replies. It awaits only for the next job (and one
+/// yield before a small batch): a statement is a function call, not a
+/// round trip to another thread.
 async fn run(
     conn: Connection,
     mut rx: mpsc::Receiver<Box<dyn Job>>,

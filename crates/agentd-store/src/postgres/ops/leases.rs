@@ -3,6 +3,7 @@
 //! are on the database clock.
 
 use super::*;
+use crate::recovery::{control_of, orphaned_step_done};
 
 pub(crate) fn claim_runs<'c>(
     c: &'c mut PgConnection,
@@ -181,22 +182,7 @@ async fn orphaned_step(c: &mut PgConnection, run_id: &str) -> sqlx::Result<Optio
     .bind(run_id)
     .fetch_optional(&mut *c)
     .await?;
-    let Some((kind, payload)) = last else {
-        return Ok(None);
-    };
-    if kind != EventType::StepStarted.as_str() {
-        return Ok(None);
-    }
-    let started: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
-    let step_id = started["step_id"].as_str().unwrap_or_default();
-    let attempt = started["attempt"].as_u64().unwrap_or(1) as u32;
-    Ok(Some(step_done(
-        step_id,
-        attempt,
-        StepOutcome::RetryStep,
-        Some("WORKER_LOST"),
-        json!({}),
-    )))
+    Ok(last.and_then(|(kind, payload)| orphaned_step_done(&kind, &payload)))
 }
 
 async fn pending_controls(c: &mut PgConnection, run_id: &str) -> sqlx::Result<Vec<Control>> {
@@ -208,15 +194,6 @@ async fn pending_controls(c: &mut PgConnection, run_id: &str) -> sqlx::Result<Ve
     .fetch_all(c)
     .await?;
     Ok(rows.into_iter().filter_map(control_of).collect())
-}
-
-fn control_of((id, run_id, kind, payload): (i64, String, String, String)) -> Option<Control> {
-    Some(Control {
-        id,
-        run_id,
-        kind: ControlKind::parse(&kind)?,
-        payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
-    })
 }
 
 pub(crate) fn heartbeat<'c>(

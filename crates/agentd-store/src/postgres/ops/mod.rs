@@ -20,7 +20,6 @@ pub(crate) use runs::{cancel_run, create_run};
 pub(crate) use sessions::{create_session, delete_session};
 pub(crate) use signals::signal_run;
 
-use agentd_core::event::payload::{StepOutcome, step_done};
 use agentd_core::{Event, EventType, NewEvent, Run, RunStatus, RunTransition, Session, TenantId};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -31,8 +30,8 @@ use super::batch::Ctx;
 use super::writer::Applied;
 use crate::sqlite::rows::RunRow;
 use crate::{
-    ClaimRequest, ClaimedRun, Control, ControlKind, CreateRunOutcome, Heartbeat, Lease, NewRun,
-    NewSession, RunUpdate, SessionTarget, StoreError,
+    ClaimRequest, ClaimedRun, Control, CreateRunOutcome, Heartbeat, Lease, NewRun, NewSession,
+    RunUpdate, SessionTarget, StoreError,
 };
 
 /// How long an idempotency key is remembered (DESIGN §3).

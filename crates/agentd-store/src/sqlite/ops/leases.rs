@@ -1,6 +1,7 @@
 //! The worker side: claims, heartbeats, releases.
 
 use super::*;
+use crate::recovery::{control_of, orphaned_step_done};
 
 /// `?, ?, …` for a dynamic `IN` list of `n` values.
 fn placeholders(n: usize) -> String {
@@ -190,22 +191,7 @@ fn orphaned_step(c: &Connection, run_id: &str) -> rusqlite::Result<Option<NewEve
         )?
         .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let Some((kind, payload)) = last else {
-        return Ok(None);
-    };
-    if kind != EventType::StepStarted.as_str() {
-        return Ok(None);
-    }
-    let started: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
-    let step_id = started["step_id"].as_str().unwrap_or_default();
-    let attempt = started["attempt"].as_u64().unwrap_or(1) as u32;
-    Ok(Some(step_done(
-        step_id,
-        attempt,
-        StepOutcome::RetryStep,
-        Some("WORKER_LOST"),
-        json!({}),
-    )))
+    Ok(last.and_then(|(kind, payload)| orphaned_step_done(&kind, &payload)))
 }
 
 fn pending_controls(c: &Connection, run_id: &str) -> rusqlite::Result<Vec<Control>> {
@@ -225,15 +211,6 @@ type ControlColumns = (i64, String, String, String);
 
 fn control_columns(r: &rusqlite::Row) -> rusqlite::Result<ControlColumns> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-}
-
-fn control_of((id, run_id, kind, payload): ControlColumns) -> Option<Control> {
-    Some(Control {
-        id,
-        run_id,
-        kind: ControlKind::parse(&kind)?,
-        payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
-    })
 }
 
 pub(crate) fn heartbeat(

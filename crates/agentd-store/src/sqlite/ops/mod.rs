@@ -20,7 +20,6 @@ pub(crate) use runs::{cancel_run, create_run};
 pub(crate) use sessions::{create_session, delete_session};
 pub(crate) use signals::signal_run;
 
-use agentd_core::event::payload::{StepOutcome, step_done};
 use agentd_core::time::now_millis;
 use agentd_core::{Event, EventType, NewEvent, Run, RunStatus, RunTransition, Session, TenantId};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -30,8 +29,8 @@ use super::batch::{CachedRun, Ctx, INSERT_EVENT};
 use super::rows::{LAST_SEQ_OF, RUN_COLUMNS, RUN_INSERT_COLUMNS, RunRow};
 use super::writer::Applied;
 use crate::{
-    ClaimRequest, ClaimedRun, Control, ControlKind, CreateRunOutcome, Heartbeat, Lease, NewRun,
-    NewSession, RunUpdate, SessionTarget, StoreError,
+    ClaimRequest, ClaimedRun, Control, CreateRunOutcome, Heartbeat, Lease, NewRun, NewSession,
+    RunUpdate, SessionTarget, StoreError,
 };
 
 /// How long an idempotency key is remembered (DESIGN §3).
