@@ -18,7 +18,8 @@ pub enum StoreError {
     /// The database is unreachable or failed; the request may be retried.
     #[error("store unavailable: {0}")]
     Unavailable(#[from] sqlx::Error),
-    /// The embedded database's writer failed (a full disk, an I/O error).
+    /// The embedded database failed under rusqlite, i.e. the writer or an
+    /// inline read (a full disk, an I/O error).
     #[error("store unavailable: {0}")]
     Sqlite(rusqlite::Error),
     #[error("store data is corrupt: {0}")]
@@ -39,10 +40,12 @@ impl From<serde_json::Error> for StoreError {
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match e {
-            rusqlite::Error::FromSqlConversionFailure(_, _, inner) if inner.is::<StoreError>() => {
+            rusqlite::Error::FromSqlConversionFailure(column, kind, inner) => {
                 match inner.downcast::<StoreError>() {
                     Ok(store) => *store,
-                    Err(other) => StoreError::Corrupt(other.to_string()),
+                    Err(inner) => StoreError::Sqlite(rusqlite::Error::FromSqlConversionFailure(
+                        column, kind, inner,
+                    )),
                 }
             }
             e => StoreError::Sqlite(e),

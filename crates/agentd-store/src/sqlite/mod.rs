@@ -84,15 +84,14 @@ impl SqliteStore {
         let options = connect_options(&path, config.fsync)?;
         let mut conn = options.connect().await?;
         MIGRATOR.run(&mut conn).await?;
-        // Whoever held these leases died with the previous process.
-        sqlx::query(
-            "UPDATE runs SET lease_owner = NULL, lease_expires_at = 0 WHERE status = 'running'",
-        )
-        .execute(&mut conn)
-        .await?;
         sqlx::Connection::close(conn).await?;
 
         let write = writer_connection(&path, config.fsync)?;
+        // Whoever held these leases died with the previous process.
+        write.execute(
+            "UPDATE runs SET lease_owner = NULL, lease_expires_at = 0 WHERE status = 'running'",
+            [],
+        )?;
         // So did every sandbox it ran (killed with it): end their records.
         let orphans = sandboxes::end_orphans_on(&write, agentd_core::time::now_millis(), None)?;
         if orphans > 0 {

@@ -166,9 +166,7 @@ async fn run(
 ) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut ctx = Ctx::default();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        drain(&mut rx, &mut batch);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         if batch.len() < SMALL_BATCH {
             // Let the tasks that are already runnable go first: whatever
             // they submit joins this batch. Nothing here sleeps, and a
@@ -176,7 +174,7 @@ async fn run(
             // that is already big commits at once: behind a long run queue
             // the wait would cost more latency than the commit saves.
             tokio::task::yield_now().await;
-            drain(&mut rx, &mut batch);
+            top_up(&mut rx, &mut batch);
         }
         match apply_all(&conn, &mut ctx, &mut batch) {
             Ok(()) => {
@@ -204,7 +202,8 @@ async fn run(
     }
 }
 
-fn drain(rx: &mut mpsc::Receiver<Box<dyn Job>>, batch: &mut Vec<Box<dyn Job>>) {
+/// Adds the jobs waiting now, without waiting for more.
+fn top_up(rx: &mut mpsc::Receiver<Box<dyn Job>>, batch: &mut Vec<Box<dyn Job>>) {
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {
             Ok(job) => batch.push(job),
