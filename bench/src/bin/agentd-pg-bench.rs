@@ -198,5 +198,6 @@ fn new_run(tenant: &TenantId) -> NewRun {
         }),
         idempotency: None,
         audit: None,
+        claim: None,
     }
 }

@@ -130,6 +130,7 @@ fn new_run(tenant: &TenantId) -> NewRun {
         }),
         idempotency: None,
         audit: None,
+        claim: None,
     }
 }
 

@@ -1,12 +1,14 @@
 //! A run's plain appends, written in order without holding up the model
 //! stream: the agent loop queues events here (up to a bound) and goes back to
 //! reading, and one task per run writes them, putting everything that queued
-//! while the previous append committed into the next one.
+//! while the previous append committed into the next one. The claim's last
+//! write (its state change) goes through here too, so it joins the deltas
+//! queued before it in one commit instead of waiting for theirs first.
 
 use std::sync::Arc;
 
 use agentd_core::NewEvent;
-use agentd_store::{Lease, Store, StoreError};
+use agentd_store::{Lease, RunUpdate, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::agent_loop::scrub_events;
@@ -16,6 +18,13 @@ enum Msg {
     Events(Vec<NewEvent>),
     /// Answered once everything queued before it is durable.
     Barrier(oneshot::Sender<bool>),
+    /// The claim's state change and its events, written with whatever is
+    /// still queued before them; nothing is written after it.
+    Finish {
+        events: Vec<NewEvent>,
+        update: RunUpdate,
+        written: oneshot::Sender<bool>,
+    },
 }
 
 /// Why the appender stopped: the run must stop writing.
@@ -58,6 +67,29 @@ impl Appender {
             _ => Err(AppenderClosed),
         }
     }
+
+    /// Ends the claim: `events` and `update` (already scrubbed) commit after
+    /// everything sent so far, in the same transaction when it is still
+    /// queued. Fails, writing nothing, if an earlier append failed.
+    pub async fn finish(
+        &self,
+        events: Vec<NewEvent>,
+        update: RunUpdate,
+    ) -> Result<(), AppenderClosed> {
+        let (done, written) = oneshot::channel();
+        self.tx
+            .send(Msg::Finish {
+                events,
+                update,
+                written: done,
+            })
+            .await
+            .map_err(|_| AppenderClosed)?;
+        match written.await {
+            Ok(true) => Ok(()),
+            _ => Err(AppenderClosed),
+        }
+    }
 }
 
 async fn write_in_order(
@@ -69,19 +101,30 @@ async fn write_in_order(
     while let Some(first) = rx.recv().await {
         let mut events = Vec::new();
         let mut barriers = Vec::new();
+        let mut finish = None;
         let mut take = |msg| match msg {
             Msg::Events(e) => events.extend(e),
             Msg::Barrier(b) => barriers.push(b),
+            Msg::Finish {
+                events: last,
+                update,
+                written,
+            } => {
+                events.extend(last);
+                finish = Some((update, written));
+            }
         };
         take(first);
+        // Nothing is sent after a finish, so draining cannot reorder it.
         while let Ok(msg) = rx.try_recv() {
             take(msg);
         }
-        let ok = if events.is_empty() {
+        let (update, written) = finish.unzip();
+        let ok = if events.is_empty() && update.is_none() {
             true
         } else {
             scrub_events(&scrubber, &mut events);
-            match store.append(&lease, events, None).await {
+            match store.append(&lease, events, update).await {
                 Ok(_) => true,
                 Err(StoreError::LeaseLost) => {
                     tracing::warn!(
@@ -96,7 +139,7 @@ async fn write_in_order(
                 }
             }
         };
-        for b in barriers {
+        for b in barriers.into_iter().chain(written) {
             let _ = b.send(ok);
         }
         if !ok {

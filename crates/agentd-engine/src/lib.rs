@@ -17,4 +17,4 @@ pub use agents::{AgentCatalog, AgentSnapshot, AgentSpec, ModelSpec, Provider};
 pub use scrub::Scrubber;
 pub use tools::ToolRegistry;
 pub use tools::mcp::McpServerSpec;
-pub use worker::{Engine, EngineConfig};
+pub use worker::{Engine, EngineConfig, RunSlot};

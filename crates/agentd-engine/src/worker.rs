@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentd_store::{ClaimRequest, ClaimedRun, ControlKind, Store};
-use tokio::sync::{Notify, Semaphore};
+use agentd_store::{ClaimOnCreate, ClaimRequest, ClaimedRun, ControlKind, Store};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -82,6 +82,30 @@ struct Inner {
     background: TaskTracker,
 }
 
+/// Room for one more run in this process, held while a run is created so
+/// the store can claim it in the same commit ([`ClaimOnCreate`]). Dropped
+/// unused, the room is free again.
+pub struct RunSlot {
+    engine: Engine,
+    permit: OwnedSemaphorePermit,
+}
+
+impl RunSlot {
+    /// What to ask of `create_run`.
+    pub fn claim(&self) -> ClaimOnCreate {
+        let inner = &self.engine.inner;
+        ClaimOnCreate {
+            owner: inner.owner.clone(),
+            lease_ms: inner.config.lease_ms,
+        }
+    }
+
+    /// Drives the run the store claimed with [`RunSlot::claim`].
+    pub fn start(self, claimed: ClaimedRun) {
+        self.engine.spawn_run(claimed, self.permit);
+    }
+}
+
 /// How the rest of the engine reaches a run's task.
 #[derive(Clone)]
 pub(crate) struct RunHandle {
@@ -128,6 +152,20 @@ impl Engine {
             .background
             .spawn(engine.clone().listen_controls());
         engine
+    }
+
+    /// Room for a run about to be created, unless this process is full or
+    /// stopping: then the run waits queued for a dispatcher, here or on
+    /// another node.
+    pub fn reserve(&self) -> Option<RunSlot> {
+        if self.inner.stop_claiming.is_cancelled() {
+            return None;
+        }
+        let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
+        Some(RunSlot {
+            engine: self.clone(),
+            permit,
+        })
     }
 
     /// The in-process models (for `/health/ready`).
@@ -191,9 +229,18 @@ impl Engine {
                 }
                 continue;
             }
+            // The room is taken before claiming, so runs created meanwhile
+            // (each reserving its own slot) cannot leave a claim without it.
+            let Ok(mut room) = inner
+                .permits
+                .clone()
+                .try_acquire_many_owned(free.min(64) as u32)
+            else {
+                continue;
+            };
             let claim = ClaimRequest {
                 owner: inner.owner.clone(),
-                max: free.min(64),
+                max: room.num_permits(),
                 lease_ms: inner.config.lease_ms,
             };
             // Register interest before claiming so a wake-up during the claim is kept.
@@ -207,10 +254,17 @@ impl Engine {
                     Vec::new()
                 }
             };
-            let full_batch = claimed.len() == free.min(64);
+            let full_batch = claimed.len() == room.num_permits();
             for run in claimed {
-                self.spawn_run(run);
+                let Some(permit) = room.split(1) else {
+                    // A store never returns more than `max`.
+                    tracing::error!(run = run.run.id, "claimed more runs than asked for");
+                    break;
+                };
+                self.spawn_run(run, permit);
             }
+            // What was not claimed is free again.
+            drop(room);
             if full_batch {
                 continue;
             }
@@ -222,14 +276,8 @@ impl Engine {
         }
     }
 
-    fn spawn_run(&self, claimed: ClaimedRun) {
+    fn spawn_run(&self, claimed: ClaimedRun, permit: OwnedSemaphorePermit) {
         let inner = &self.inner;
-        let Ok(permit) = inner.permits.clone().try_acquire_owned() else {
-            // Cannot happen: we claimed no more than the free permits. Give the
-            // run back rather than overcommit.
-            tracing::error!(run = claimed.run.id, "no permit for a claimed run");
-            return;
-        };
         inner.claimed_total.fetch_add(1, Ordering::Relaxed);
         if claimed.recovered {
             inner.recovered_total.fetch_add(1, Ordering::Relaxed);

@@ -7,7 +7,7 @@
 //! the client is slow, its broadcast receiver lags and it goes back to the
 //! store by cursor: a slow reader costs neither memory nor the run's progress.
 
-use std::collections::VecDeque;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,21 @@ const PAGE: u32 = 500;
 const STORE_WAIT: Duration = Duration::from_secs(60);
 const STORE_RETRY: Duration = Duration::from_millis(250);
 
+/// One event handed out, inside the batch it arrived in: a live batch is
+/// shared by every follower of the run, so a reader costs no copy of it.
+pub struct Followed {
+    batch: Arc<[Event]>,
+    index: usize,
+}
+
+impl Deref for Followed {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.batch[self.index]
+    }
+}
+
 /// Events of `run_id` after `after_seq`, ending after the terminal event, on
 /// a store error (yielded last), or when `stop` fires.
 pub fn follow(
@@ -32,14 +47,15 @@ pub fn follow(
     run_id: String,
     after_seq: i64,
     stop: CancellationToken,
-) -> impl Stream<Item = Result<Event, StoreError>> + Send + 'static {
+) -> impl Stream<Item = Result<Followed, StoreError>> + Send + 'static {
     let follower = Follower {
         store,
         tenant,
         run_id,
         last: after_seq,
         sub: None,
-        ready: VecDeque::new(),
+        ready: Arc::new([]),
+        next: 0,
         more_stored: true,
         ended: false,
     };
@@ -59,8 +75,10 @@ struct Follower {
     /// Taken on the first poll, before the first store read: anything
     /// committed after it is announced to us, anything before is stored.
     sub: Option<RunSubscription>,
-    /// Events received but not yet handed out, in seq order.
-    ready: VecDeque<Event>,
+    /// The batch being handed out (a store page or a hub message), in seq
+    /// order, and the index of its next event.
+    ready: Arc<[Event]>,
+    next: usize,
     /// The store may hold events after `last` that the hub will not announce
     /// (first read, a full page, a lag, a notice from another node).
     more_stored: bool,
@@ -69,7 +87,7 @@ struct Follower {
 }
 
 impl Follower {
-    async fn next(&mut self) -> Option<Result<Event, StoreError>> {
+    async fn next(&mut self) -> Option<Result<Followed, StoreError>> {
         if self.ended {
             return None;
         }
@@ -77,19 +95,24 @@ impl Follower {
             self.sub = Some(self.store.hub().subscribe(&self.run_id));
         }
         loop {
-            while let Some(e) = self.ready.pop_front() {
+            while let Some(e) = self.ready.get(self.next) {
+                let index = self.next;
+                self.next += 1;
                 if e.seq <= self.last {
                     continue;
                 }
                 if e.seq != self.last + 1 {
                     // Something in between was not announced to us: read it.
-                    self.ready.clear();
+                    self.next = self.ready.len();
                     self.more_stored = true;
                     break;
                 }
                 self.last = e.seq;
                 self.ended = e.kind.is_terminal();
-                return Some(Ok(e));
+                return Some(Ok(Followed {
+                    batch: self.ready.clone(),
+                    index,
+                }));
             }
             if self.more_stored {
                 if let Err(e) = self.read_page().await {
@@ -100,12 +123,18 @@ impl Follower {
             }
             let sub = self.sub.as_mut()?;
             match sub.recv().await {
-                Ok(HubMessage::Events(events)) => self.ready.extend(events.iter().cloned()),
+                Ok(HubMessage::Events(events)) => self.hand_out(events),
                 Ok(HubMessage::Upto(seq)) => self.more_stored = seq > self.last,
                 Err(RecvError::Lagged(_)) => self.more_stored = true,
                 Err(RecvError::Closed) => return None,
             }
         }
+    }
+
+    /// Called only once the previous batch is handed out.
+    fn hand_out(&mut self, batch: Arc<[Event]>) {
+        self.ready = batch;
+        self.next = 0;
     }
 
     /// One page after `last` into `ready`, waiting out a store that is away.
@@ -119,7 +148,7 @@ impl Follower {
             {
                 Ok(page) => {
                     self.more_stored = page.len() == PAGE as usize;
-                    self.ready.extend(page);
+                    self.hand_out(page.into());
                     return Ok(());
                 }
                 // The database is away (a PostgreSQL restart): the stream

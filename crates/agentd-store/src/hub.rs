@@ -72,17 +72,6 @@ impl EventHub {
         }
     }
 
-    /// Whether anyone follows `run_id`: publishers skip building messages
-    /// nobody would receive. A reader that subscribes just after reads the
-    /// store after subscribing, so it misses nothing.
-    pub fn is_watched(&self, run_id: &str) -> bool {
-        self.inner
-            .runs
-            .lock()
-            .map(|r| r.contains_key(run_id))
-            .unwrap_or(false)
-    }
-
     /// Number of runs with at least one watcher (for metrics and tests).
     pub fn watched_runs(&self) -> usize {
         self.inner.runs.lock().map(|r| r.len()).unwrap_or(0)
@@ -102,20 +91,24 @@ impl EventHub {
 
     /// What a committed write tells this process: each run's new events to
     /// its watchers (`events` grouped by run, as writers append them), control
-    /// rows to lease holders, and maybe a wake-up to idle workers.
+    /// rows to lease holders, and maybe a wake-up to idle workers. The events
+    /// move into the messages: every watcher of a run shares one copy.
     pub(crate) fn announce_commit(
         &self,
-        events: &[Event],
+        events: Vec<Event>,
         controls: &[String],
         wake_workers: bool,
     ) {
-        let mut rest = events;
-        while let Some(first) = rest.first() {
-            let n = rest.iter().take_while(|e| e.run_id == first.run_id).count();
-            if self.is_watched(&first.run_id) {
-                self.publish(&first.run_id, HubMessage::Events(rest[..n].to_vec().into()));
+        let mut events = events.into_iter().peekable();
+        while let Some(first) = events.next() {
+            let mut group = vec![first];
+            while let Some(e) = events.next_if(|e| e.run_id == group[0].run_id) {
+                group.push(e);
             }
-            rest = &rest[n..];
+            let runs = self.inner.runs.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(tx) = runs.get(&group[0].run_id) {
+                let _ = tx.send(HubMessage::Events(group.into()));
+            }
         }
         for run_id in controls {
             self.publish_control(run_id);

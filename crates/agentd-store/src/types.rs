@@ -49,16 +49,32 @@ pub struct NewRun {
     pub idempotency: Option<IdempotencyRecord>,
     /// The `run_created` entry, committed with the run so neither exists alone.
     pub audit: Option<AuditRecord>,
+    /// Claim the run in the same commit if it can start at once.
+    pub claim: Option<ClaimOnCreate>,
+}
+
+/// Asks `create_run` to claim the new run for this worker in the same
+/// commit when it can start at once (its session has no other active run):
+/// the run starts without a round trip through the dispatcher. A store may
+/// decline (PostgreSQL does, since another node may be creating a run in
+/// the same session right now); the run then waits `queued` for a claim as
+/// usual.
+#[derive(Clone, Debug)]
+pub struct ClaimOnCreate {
+    pub owner: Arc<str>,
+    pub lease_ms: i64,
 }
 
 #[derive(Clone, Debug)]
 pub enum CreateRunOutcome {
-    Created(Box<Run>),
-    /// The key was seen before with the same request: the original answer.
-    Replayed {
-        status: u16,
-        body: Value,
+    /// `run` as created (`queued`); `claimed` when the store also claimed it
+    /// as [`NewRun::claim`] asked, for the caller to start.
+    Created {
+        run: Box<Run>,
+        claimed: Option<Box<ClaimedRun>>,
     },
+    /// The key was seen before with the same request: the original answer.
+    Replayed { status: u16, body: Value },
 }
 
 /// Position in a newest-first list: the last item of the previous page.

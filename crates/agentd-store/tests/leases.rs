@@ -40,11 +40,12 @@ async fn create(store: &dyn Store, tenant: &TenantId) -> Run {
             session,
             idempotency: None,
             audit: None,
+            claim: None,
         })
         .await
         .unwrap()
     {
-        CreateRunOutcome::Created(r) => *r,
+        CreateRunOutcome::Created { run, .. } => *run,
         other => panic!("{other:?}"),
     }
 }
@@ -206,4 +207,113 @@ async fn a_cancel_for_a_dead_worker_reaches_the_one_that_recovers_the_run() {
         1,
         "and its heartbeat keeps returning it until handled"
     );
+}
+
+#[tokio::test]
+async fn a_run_that_can_start_at_once_is_claimed_as_it_is_created() {
+    let store = open().await;
+    let tenant = TenantId::default_tenant();
+    let session = new_id("ses");
+    let ask = agentd_store::ClaimOnCreate {
+        owner: Arc::from("worker-a"),
+        lease_ms: 60_000,
+    };
+    let new = |run: Run, target: SessionTarget| NewRun {
+        run,
+        session: target,
+        idempotency: None,
+        audit: None,
+        claim: Some(ask.clone()),
+    };
+    let first = queued_run(&tenant, &session);
+    let target = SessionTarget::New(NewSession {
+        tenant_id: tenant.clone(),
+        id: session.clone(),
+        agent: "a".into(),
+        metadata: json!({}),
+        created_at: first.created_at,
+    });
+    let CreateRunOutcome::Created { run, claimed } =
+        store.create_run(new(first, target)).await.unwrap()
+    else {
+        panic!("not created");
+    };
+    assert_eq!(
+        run.status,
+        RunStatus::Queued,
+        "the answer is the run as created"
+    );
+    let stored = store.get_run(&tenant, &run.id).await.unwrap().unwrap();
+    if on_postgres() {
+        // Declined: the dispatchers claim it.
+        assert!(claimed.is_none());
+        assert_eq!(stored.status, RunStatus::Queued);
+        return;
+    }
+    let first = claimed.expect("claimed in the creating commit");
+    assert_eq!(first.lease.epoch(), 1);
+    assert!(!first.recovered);
+    assert_eq!(first.run.last_seq, 3);
+    assert_eq!(stored.status, RunStatus::Running);
+    let kinds: Vec<EventType> = store
+        .events_after(&tenant, &run.id, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventType::RunCreated,
+            EventType::RunQueued,
+            EventType::WorkerStarted
+        ]
+    );
+    // Nothing is left for a dispatcher, and the lease writes.
+    assert!(
+        store
+            .claim_runs(claim("worker-b", 60_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .append(&first.lease, vec![content_delta("s", 1, "hi")], None)
+        .await
+        .unwrap();
+
+    // A second run of the busy session waits its turn.
+    let CreateRunOutcome::Created {
+        run: second,
+        claimed,
+    } = store
+        .create_run(new(
+            queued_run(&tenant, &session),
+            SessionTarget::Existing(session.clone()),
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!("not created");
+    };
+    assert!(claimed.is_none(), "its session has an active run");
+    assert!(
+        store
+            .claim_runs(claim("worker-b", 60_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .append(
+            &first.lease,
+            vec![],
+            Some(RunUpdate::new(RunTransition::Succeed)),
+        )
+        .await
+        .unwrap();
+    let next = store.claim_runs(claim("worker-b", 60_000)).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].run.id, second.id);
 }

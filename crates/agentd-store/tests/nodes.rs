@@ -39,9 +39,10 @@ async fn create(store: &dyn Store, tenant: &TenantId) -> Run {
         session,
         idempotency: None,
         audit: None,
+        claim: None,
     };
     match store.create_run(new).await.unwrap() {
-        CreateRunOutcome::Created(r) => *r,
+        CreateRunOutcome::Created { run, .. } => *run,
         other => panic!("{other:?}"),
     }
 }
@@ -163,6 +164,7 @@ fn idempotent(key: &str, session: SessionTarget, run: Run) -> NewRun {
         run,
         session,
         audit: None,
+        claim: None,
     }
 }
 
@@ -202,7 +204,7 @@ async fn the_same_idempotent_create_on_two_nodes_at_once_makes_one_run() {
         let ids: Vec<String> = [x.unwrap(), y.unwrap()]
             .into_iter()
             .map(|o| match o {
-                CreateRunOutcome::Created(r) => r.id.clone(),
+                CreateRunOutcome::Created { run, .. } => run.id.clone(),
                 CreateRunOutcome::Replayed { body, .. } => body["id"].as_str().unwrap().into(),
             })
             .collect();
@@ -237,7 +239,7 @@ async fn a_refused_idempotent_create_leaves_its_key_unused() {
     let (run, session) = fresh(&tenant);
     let id = run.id.clone();
     match a.create_run(idempotent("k", session, run)).await.unwrap() {
-        CreateRunOutcome::Created(r) => assert_eq!(r.id, id),
+        CreateRunOutcome::Created { run, .. } => assert_eq!(run.id, id),
         other => panic!("the key was remembered for a refused request: {other:?}"),
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use agentd_core::signal::{PendingRequest, awaiting_payload};
 use agentd_core::time::now_millis;
 use agentd_core::{EventType, NewEvent, RunTransition, Usage};
-use agentd_store::{ClaimedRun, Lease, RunUpdate, Store, StoreError};
+use agentd_store::{ClaimedRun, RunUpdate, Store, StoreError};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -42,14 +42,13 @@ pub(crate) struct RunContext {
 }
 
 impl RunContext {
-    /// Appends events with a state change, secrets scrubbed from both.
+    /// Ends the claim: its last events and state change, secrets scrubbed
+    /// from both, committed behind everything queued before them.
     async fn commit(
         &self,
-        lease: &Lease,
-        mut events: Vec<NewEvent>,
+        events: Vec<NewEvent>,
         mut update: RunUpdate,
-    ) -> Result<i64, StoreError> {
-        scrub_events(&self.scrubber, &mut events);
+    ) -> Result<(), AppenderClosed> {
         for text in [&mut update.error]
             .into_iter()
             .flatten()
@@ -62,7 +61,8 @@ impl RunContext {
         if let Some(output) = &mut update.output {
             self.scrubber.scrub_value(output);
         }
-        self.store.append(lease, events, Some(update)).await
+        // The appender scrubs the events with the deltas queued before them.
+        self.appender.finish(events, update).await
     }
 
     /// Resolves when the run must stop: lease lost or shutdown (abandon),
@@ -145,12 +145,12 @@ pub(crate) async fn drive(ctx: RunContext, claimed: ClaimedRun) {
         ),
         Err(Stop::TimedOut) => limit_events("timeout_secs", json!(null)),
     };
-    // Queued deltas first, so the terminal event stays last.
-    let _ = ctx.appender.flush().await;
     update.consume_controls = true;
     update.usage = Some(take_usage(&usage));
-    if let Err(e) = ctx.commit(&lease, events, update).await {
-        tracing::debug!(run = lease.run_id(), error = %e, "could not record the stop");
+    // Behind the queued deltas, so the terminal event stays last. A failure
+    // was logged where the write failed.
+    if ctx.commit(events, update).await.is_err() {
+        tracing::debug!(run = lease.run_id(), "could not record the stop");
     }
 }
 
@@ -187,11 +187,11 @@ async fn run_to_end(
     }
     let agent: AgentSnapshot = match serde_json::from_value(run.agent_config.clone()) {
         Ok(a) => a,
-        Err(e) => return fail(ctx, lease, "AGENT_CONFIG_INVALID", &e.to_string(), usage).await,
+        Err(e) => return fail(ctx, "AGENT_CONFIG_INVALID", &e.to_string(), usage).await,
     };
     let tools = match ctx.guard(ctx.tools.for_agent(&agent)).await? {
         Ok(t) => t,
-        Err(e) => return fail(ctx, lease, e.reason_code, &e.to_string(), usage).await,
+        Err(e) => return fail(ctx, e.reason_code, &e.to_string(), usage).await,
     };
     // A first claim has nothing to replay (its creation events and the
     // claim's own start): skip the read.
@@ -211,7 +211,7 @@ async fn run_to_end(
         if !t.open_calls().is_empty() {
             let waiting = calls::resolve(ctx, lease, &tools, &mut t).await?;
             if !waiting.is_empty() {
-                return pause(ctx, lease, &agent, &waiting, usage).await;
+                return pause(ctx, &agent, &waiting, usage).await;
             }
         } else if let Some(turn) = t.last_assistant()
             && turn.tool_calls.is_empty()
@@ -219,17 +219,16 @@ async fn run_to_end(
             // The final answer was recorded but the run not finished (a crash
             // in between): finish it now, the answer as it was.
             let text = turn.content.clone();
-            return succeed(ctx, lease, &run.user_message, text, usage).await;
+            return succeed(ctx, &run.user_message, text, usage).await;
         }
 
         if t.model_steps >= agent.max_steps {
-            return exceed(ctx, lease, "max_steps", json!(agent.max_steps), usage).await;
+            return exceed(ctx, "max_steps", json!(agent.max_steps), usage).await;
         }
         let budget = u64::from(agent.max_output_tokens).saturating_sub(t.output_tokens);
         if budget == 0 {
             return exceed(
                 ctx,
-                lease,
                 "max_output_tokens",
                 json!(agent.max_output_tokens),
                 usage,
@@ -252,12 +251,12 @@ async fn run_to_end(
                 let text = turn.content.clone();
                 t.push_assistant(turn, used.output_tokens);
                 if done {
-                    return succeed(ctx, lease, &run.user_message, text, usage).await;
+                    return succeed(ctx, &run.user_message, text, usage).await;
                 }
             }
             StepEnd::Failed { error, usage: used } => {
                 add_usage(usage, &used);
-                return fail(ctx, lease, error.reason_code(), &error.to_string(), usage).await;
+                return fail(ctx, error.reason_code(), &error.to_string(), usage).await;
             }
         }
     }
@@ -302,20 +301,17 @@ async fn append(ctx: &RunContext, events: Vec<NewEvent>) -> Result<(), Stop> {
 /// Ends a claim with a state change, after everything queued.
 async fn finish(
     ctx: &RunContext,
-    lease: &Lease,
     events: Vec<NewEvent>,
     mut update: RunUpdate,
     usage: &ClaimUsage,
 ) -> Result<(), Stop> {
     update.usage = Some(take_usage(usage));
-    ctx.appender.flush().await?;
-    ctx.commit(lease, events, update).await?;
+    ctx.commit(events, update).await?;
     Ok(())
 }
 
 async fn succeed(
     ctx: &RunContext,
-    lease: &Lease,
     user_message: &str,
     text: String,
     usage: &ClaimUsage,
@@ -332,16 +328,10 @@ async fn succeed(
         ("assistant".to_owned(), text),
     ];
     update.consume_controls = true;
-    finish(ctx, lease, events, update, usage).await
+    finish(ctx, events, update, usage).await
 }
 
-async fn fail(
-    ctx: &RunContext,
-    lease: &Lease,
-    code: &str,
-    message: &str,
-    usage: &ClaimUsage,
-) -> Result<(), Stop> {
+async fn fail(ctx: &RunContext, code: &str, message: &str, usage: &ClaimUsage) -> Result<(), Stop> {
     let events = vec![NewEvent::new(
         EventType::WorkerFailed,
         json!({"reason_code": code, "error": message}),
@@ -350,26 +340,24 @@ async fn fail(
     update.reason_code = Some(code.to_owned());
     update.error = Some(message.to_owned());
     update.consume_controls = true;
-    finish(ctx, lease, events, update, usage).await
+    finish(ctx, events, update, usage).await
 }
 
 async fn exceed(
     ctx: &RunContext,
-    lease: &Lease,
     limit: &str,
     value: serde_json::Value,
     usage: &ClaimUsage,
 ) -> Result<(), Stop> {
     let (events, mut update) = limit_events(limit, value);
     update.consume_controls = true;
-    finish(ctx, lease, events, update, usage).await
+    finish(ctx, events, update, usage).await
 }
 
 /// Hands the run to a human: `run.awaiting_input`, no lease, no worker,
 /// until a signal resumes it or `approval_timeout_secs` ends the wait.
 async fn pause(
     ctx: &RunContext,
-    lease: &Lease,
     agent: &AgentSnapshot,
     waiting: &[PendingRequest],
     usage: &ClaimUsage,
@@ -380,5 +368,5 @@ async fn pause(
     )];
     let mut update = RunUpdate::new(RunTransition::AwaitInput);
     update.wait_until = Some(now_millis() + agent.approval_timeout_secs as i64 * 1000);
-    finish(ctx, lease, events, update, usage).await
+    finish(ctx, events, update, usage).await
 }

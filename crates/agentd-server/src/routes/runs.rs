@@ -236,7 +236,7 @@ async fn create_run(
     let (outcome, body) =
         insert_run(state, principal, request_id, spec, idempotency, status).await?;
     Ok(match outcome {
-        CreateRunOutcome::Created(_) => (status, Json(body)).into_response(),
+        CreateRunOutcome::Created { .. } => (status, Json(body)).into_response(),
         CreateRunOutcome::Replayed { status, mut body } => {
             body["replayed"] = json!(true);
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -334,14 +334,23 @@ pub(crate) async fn insert_run(
             json!({"session_id": run.session_id, "agent": run.agent}),
         )
     };
-    let outcome = store
+    // A run that can start at once is claimed in its creating commit and
+    // started here, without a round trip through the dispatcher.
+    let slot = state.engine().reserve();
+    let mut outcome = store
         .create_run(NewRun {
             run,
             session,
             idempotency,
             audit: Some(audit),
+            claim: slot.as_ref().map(|s| s.claim()),
         })
         .await?;
+    if let (Some(slot), CreateRunOutcome::Created { claimed, .. }) = (slot, &mut outcome)
+        && let Some(claimed) = claimed.take()
+    {
+        slot.start(*claimed);
+    }
     Ok((outcome, body))
 }
 

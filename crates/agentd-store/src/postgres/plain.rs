@@ -67,9 +67,9 @@ impl Job for PlainJob {
         let mut appended = 0;
         let result = match (outcome, self.applied) {
             (Ok(()), Some(applied)) => {
-                announce(hub, &applied);
-                appended = applied.events.len();
-                applied.value
+                let (value, events) = announce(hub, applied);
+                appended = events;
+                value
             }
             (Ok(()), None) => Err(StoreError::Closed),
             (Err(e), _) => Err(e),

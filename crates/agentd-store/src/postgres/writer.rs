@@ -106,9 +106,9 @@ impl<A: Send + Sync, R: Send> Job for TypedJob<A, R> {
         let mut appended = 0;
         let result = match (outcome, self.applied) {
             (Ok(()), Some(applied)) => {
-                announce(hub, &applied);
-                appended = applied.events.len();
-                Ok(applied.value)
+                let (value, events) = announce(hub, applied);
+                appended = events;
+                Ok(value)
             }
             (Ok(()), None) => Err(StoreError::Closed),
             (Err(e), _) => Err(e),
@@ -120,8 +120,11 @@ impl<A: Send + Sync, R: Send> Job for TypedJob<A, R> {
 
 /// This node's own readers and workers hear of a commit here; other nodes
 /// through the batch's NOTIFY.
-pub(crate) fn announce<R>(hub: &EventHub, applied: &Applied<R>) {
-    hub.announce_commit(&applied.events, &applied.controls, applied.wake_workers);
+/// Returns the job's value and how many events it appended.
+pub(crate) fn announce<R>(hub: &EventHub, applied: Applied<R>) -> (R, usize) {
+    let appended = applied.events.len();
+    hub.announce_commit(applied.events, &applied.controls, applied.wake_workers);
+    (applied.value, appended)
 }
 
 /// The submitting side; cheap to clone.

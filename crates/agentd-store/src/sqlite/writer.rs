@@ -85,8 +85,8 @@ impl<A: Send, R: Send> Job for TypedJob<A, R> {
         let mut appended = 0;
         let result = match (outcome, self.applied) {
             (Ok(()), Some(applied)) => {
-                hub.announce_commit(&applied.events, &applied.controls, applied.wake_workers);
                 appended = applied.events.len();
+                hub.announce_commit(applied.events, &applied.controls, applied.wake_workers);
                 Ok(applied.value)
             }
             (Ok(()), None) => Err(StoreError::Closed),

@@ -174,7 +174,7 @@ pub(crate) async fn start_turn(
         axum::http::StatusCode::OK,
     )
     .await?;
-    let CreateRunOutcome::Created(run) = outcome else {
+    let CreateRunOutcome::Created { run, .. } = outcome else {
         return Err(ApiError::Internal("a chat turn was replayed".into()));
     };
     Ok(Turn {

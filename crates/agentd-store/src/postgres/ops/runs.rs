@@ -129,7 +129,13 @@ pub(crate) fn create_run<'c>(
         Ok(Applied {
             events,
             wake_workers: true,
-            ..Applied::value(Ok(CreateRunOutcome::Created(Box::new(stored))))
+            // `new.claim` is declined: another node may be creating a run
+            // in this session at the same moment, and only the dispatchers'
+            // claim orders the two.
+            ..Applied::value(Ok(CreateRunOutcome::Created {
+                run: Box::new(stored),
+                claimed: None,
+            }))
         })
     })
 }

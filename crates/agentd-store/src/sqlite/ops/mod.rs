@@ -29,8 +29,8 @@ use super::batch::{CachedRun, Ctx, INSERT_EVENT};
 use super::rows::{LAST_SEQ_OF, RUN_COLUMNS, RUN_INSERT_COLUMNS, RunRow};
 use super::writer::Applied;
 use crate::{
-    ClaimRequest, ClaimedRun, Control, CreateRunOutcome, Heartbeat, Lease, NewRun, NewSession,
-    RunUpdate, SessionTarget, StoreError,
+    ClaimOnCreate, ClaimRequest, ClaimedRun, Control, CreateRunOutcome, Heartbeat, Lease, NewRun,
+    NewSession, RunUpdate, SessionTarget, StoreError,
 };
 
 /// How long an idempotency key is remembered (DESIGN §3).

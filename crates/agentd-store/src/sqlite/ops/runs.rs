@@ -4,7 +4,7 @@ use super::*;
 
 pub(crate) fn create_run(
     c: &Connection,
-    _ctx: &mut Ctx,
+    ctx: &mut Ctx,
     new: &NewRun,
 ) -> Op<Result<CreateRunOutcome, StoreError>> {
     let run = &new.run;
@@ -29,7 +29,9 @@ pub(crate) fn create_run(
         }
     }
 
-    match &new.session {
+    // The session is idle (nothing queued, running or waiting before this
+    // run) when it is new or has no active run: only then may it start now.
+    let idle = match &new.session {
         SessionTarget::Existing(id) => {
             let found = c
                 .prepare_cached("SELECT 1 FROM sessions WHERE tenant_id = ? AND id = ?")?
@@ -37,13 +39,21 @@ pub(crate) fn create_run(
             if !found {
                 return Ok(Applied::value(Err(StoreError::SessionNotFound)));
             }
+            new.claim.is_some()
+                && !c
+                    .prepare_cached(
+                        "SELECT 1 FROM runs WHERE tenant_id = ? AND session_id = ? \
+                         AND status IN ('queued', 'running', 'awaiting_input')",
+                    )?
+                    .exists(params![run.tenant_id.as_str(), id])?
         }
         SessionTarget::New(s) => {
             if !insert_session(c, s)? {
                 return Ok(Applied::value(Err(StoreError::SessionExists)));
             }
+            true
         }
-    }
+    };
 
     let created = vec![
         NewEvent::new(
@@ -83,7 +93,7 @@ pub(crate) fn create_run(
         Option::<i64>::None,
         Option::<i64>::None,
     ])?;
-    let events = insert_events(c, &run.tenant_id, &run.id, 0, &created, now)?;
+    let mut events = insert_events(c, &run.tenant_id, &run.id, 0, &created, now)?;
 
     if let Some(idem) = &new.idempotency {
         remember_answer(
@@ -104,10 +114,76 @@ pub(crate) fn create_run(
     stored.status = RunStatus::Queued;
     stored.last_seq = events.len() as i64;
     debug_assert_eq!(stored.last_seq, crate::CREATION_EVENTS);
+    let claimed = match &new.claim {
+        Some(claim) if idle => Some(claim_created(c, ctx, &stored, claim, &mut events)?),
+        _ => None,
+    };
     Ok(Applied {
-        value: Ok(CreateRunOutcome::Created(Box::new(stored))),
+        // A run claimed here leaves nothing for the dispatchers.
+        wake_workers: claimed.is_none(),
+        value: Ok(CreateRunOutcome::Created {
+            run: Box::new(stored),
+            claimed: claimed.map(Box::new),
+        }),
         events,
-        wake_workers: true,
+        controls: Vec::new(),
+    })
+}
+
+/// The claim `claim_runs` would make of a fresh run, made in its creating
+/// transaction: `running` under a first lease, `run.worker.started` after
+/// its creation events.
+fn claim_created(
+    c: &Connection,
+    ctx: &mut Ctx,
+    queued: &Run,
+    claim: &ClaimOnCreate,
+    events: &mut Vec<Event>,
+) -> rusqlite::Result<ClaimedRun> {
+    let now = queued.created_at;
+    let mut run = queued.clone();
+    run.status = RunStatus::Running;
+    run.lease_epoch += 1;
+    run.started_at = Some(now);
+    c.prepare_cached(
+        "UPDATE runs SET status = 'running', lease_epoch = ?, lease_owner = ?, \
+         lease_expires_at = ?, started_at = ? WHERE id = ?",
+    )?
+    .execute(params![
+        run.lease_epoch,
+        &*claim.owner,
+        now + claim.lease_ms,
+        now,
+        run.id
+    ])?;
+    let started = NewEvent::new(
+        EventType::WorkerStarted,
+        json!({"worker": &*claim.owner, "lease_epoch": run.lease_epoch}),
+    );
+    let stored = insert_events(c, &run.tenant_id, &run.id, run.last_seq, &[started], now)?;
+    run.last_seq += stored.len() as i64;
+    events.extend(stored);
+    // The run's first appends are deferred against this, as after a claim.
+    ctx.remember(
+        run.id.clone(),
+        CachedRun {
+            tenant: run.tenant_id.clone(),
+            status: RunStatus::Running,
+            epoch: run.lease_epoch,
+            owner: Some(claim.owner.clone()),
+            last_seq: run.last_seq,
+            dirty: false,
+        },
+    );
+    Ok(ClaimedRun {
+        lease: Lease::new(
+            run.id.clone(),
+            run.tenant_id.clone(),
+            run.lease_epoch,
+            claim.owner.clone(),
+        ),
+        run,
+        recovered: false,
         controls: Vec::new(),
     })
 }
