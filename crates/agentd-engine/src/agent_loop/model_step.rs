@@ -134,15 +134,22 @@ async fn stream_once(
     let mut turn = AssistantTurn::default();
     let mut pending = Pending::default();
     let mut usage = Usage::default();
+    // One stop future and one flush timer for the whole call, not one per
+    // chunk: each would register with the cancel tokens and the timer
+    // wheel on every delta.
+    let stopped = ctx.stopped();
+    tokio::pin!(stopped);
     let mut last_flush = Instant::now() - COALESCE;
+    let next_flush = tokio::time::sleep_until(last_flush + COALESCE);
+    tokio::pin!(next_flush);
     loop {
-        let flush_at = (!pending.is_empty()).then_some(last_flush + COALESCE);
         let item = tokio::select! {
             biased;
-            stop = ctx.stopped() => return Err(stop),
-            _ = sleep_until(flush_at), if flush_at.is_some() => {
+            stop = &mut stopped => return Err(stop),
+            _ = &mut next_flush, if !pending.is_empty() => {
                 flush(ctx, step_id, attempt, &mut pending).await?;
                 last_flush = Instant::now();
+                next_flush.as_mut().reset(last_flush + COALESCE);
                 continue;
             }
             item = stream.next() => item,
@@ -178,14 +185,8 @@ async fn stream_once(
         if last_flush.elapsed() >= COALESCE {
             flush(ctx, step_id, attempt, &mut pending).await?;
             last_flush = Instant::now();
+            next_flush.as_mut().reset(last_flush + COALESCE);
         }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
