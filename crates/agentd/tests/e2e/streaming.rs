@@ -255,3 +255,37 @@ async fn run_updated_sends_a_snapshot_per_status_or_step_change() {
         .collect();
     assert!(seqs.windows(2).all(|w| w[0] <= w[1]));
 }
+
+/// A process at its `max_concurrent_runs` takes no run as it is created: the
+/// next waits `queued`, and its dispatcher starts it once room is free.
+#[tokio::test]
+async fn a_full_worker_leaves_new_runs_queued_until_it_has_room() {
+    let fake = FakeUpstream::start().await;
+    fake.behavior().set_tokens(20);
+    fake.behavior().set_delay(Duration::from_millis(20));
+    let config = config_for(&fake).replace("[worker]\n", "[worker]\nmax_concurrent_runs = 1\n");
+    let d = Daemon::start_with_config(&config).await;
+    let api = d.api();
+    let first = api.start_run("first").await;
+    api.wait_status(&first, "running").await;
+    // Another session, so only the worker's room holds it back.
+    let second = api.start_run("second").await;
+    let now = api.get(&format!("/v1/runs/{second}")).await.body;
+    assert_eq!(now["status"], "queued", "{now}");
+
+    assert_eq!(api.wait_terminal(&first).await["status"], "succeeded");
+    assert_eq!(api.wait_terminal(&second).await["status"], "succeeded");
+    let ended = api.events(&first).await;
+    let started = api.events(&second).await;
+    let at = |events: &[serde_json::Value], kind: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == kind)
+            .map(|e| e["timestamp"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    assert!(
+        at(&started, "run.worker.started") >= at(&ended, "run.worker.succeeded"),
+        "the second run started only after the first ended"
+    );
+}
