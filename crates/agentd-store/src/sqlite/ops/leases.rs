@@ -1,5 +1,7 @@
 //! The worker side: claims, heartbeats, releases.
 
+use std::sync::Arc;
+
 use super::*;
 use crate::recovery::{control_of, orphaned_step_done};
 
@@ -71,7 +73,7 @@ pub(crate) fn claim_runs(c: &Connection, ctx: &mut Ctx, req: &ClaimRequest) -> O
     let mut claimed = Vec::with_capacity(rows.len());
     let mut published = Vec::new();
     for row in rows {
-        let mut run = Run::try_from(row).map_err(corrupt)?;
+        let run = Run::try_from(row).map_err(corrupt)?;
         let id = run.id.clone();
         let was_running = candidates
             .iter()
@@ -89,28 +91,8 @@ pub(crate) fn claim_runs(c: &Connection, ctx: &mut Ctx, req: &ClaimRequest) -> O
                 json!({"worker": &*req.owner, "lease_epoch": run.lease_epoch}),
             ));
         } else {
-            events.push(NewEvent::new(
-                EventType::WorkerStarted,
-                json!({"worker": &*req.owner, "lease_epoch": run.lease_epoch}),
-            ));
+            events.push(worker_started(&req.owner, run.lease_epoch));
         }
-        let stored = number_events(&id, run.last_seq, &events, now);
-        run.last_seq += stored.len() as i64;
-        // Cached first, then deferred: the batch's flush writes the
-        // claims' events together with everyone's deltas.
-        ctx.remember(
-            id.clone(),
-            CachedRun {
-                tenant: run.tenant_id.clone(),
-                status: RunStatus::Running,
-                epoch: run.lease_epoch,
-                owner: Some(req.owner.clone()),
-                last_seq: run.last_seq,
-                dirty: false,
-            },
-        );
-        ctx.defer(&id, &stored);
-        published.extend(stored);
         // Control rows are only written for running runs (a queued one is
         // cancelled on the spot), so only a recovered or resumed run can
         // have any.
@@ -119,16 +101,12 @@ pub(crate) fn claim_runs(c: &Connection, ctx: &mut Ctx, req: &ClaimRequest) -> O
         } else {
             Vec::new()
         };
+        let (claim, stored) = hold(ctx, run, &req.owner, &events, now);
+        published.extend(stored);
         claimed.push(ClaimedRun {
-            lease: Lease::new(
-                id,
-                run.tenant_id.clone(),
-                run.lease_epoch,
-                req.owner.clone(),
-            ),
-            run,
             recovered,
             controls,
+            ..claim
         });
     }
     published.extend(expired);
@@ -138,6 +116,55 @@ pub(crate) fn claim_runs(c: &Connection, ctx: &mut Ctx, req: &ClaimRequest) -> O
         wake_workers: false,
         controls: Vec::new(),
     })
+}
+
+/// `run.worker.started` for a fresh claim by `owner`.
+pub(super) fn worker_started(owner: &str, epoch: i64) -> NewEvent {
+    NewEvent::new(
+        EventType::WorkerStarted,
+        json!({"worker": owner, "lease_epoch": epoch}),
+    )
+}
+
+/// The claim of `run`, whose row already carries `owner`'s new lease: its
+/// claim `events` numbered after its `last_seq` and deferred to the batch's
+/// flush (with everyone's deltas), and the run cached for the appends that
+/// follow. Returns a fresh claim (not recovered, no controls) and the
+/// events to announce.
+pub(super) fn hold(
+    ctx: &mut Ctx,
+    mut run: Run,
+    owner: &Arc<str>,
+    events: &[NewEvent],
+    now: i64,
+) -> (ClaimedRun, Vec<Event>) {
+    let stored = number_events(&run.id, run.last_seq, events, now);
+    run.last_seq += stored.len() as i64;
+    // Cached first, then deferred.
+    ctx.remember(
+        run.id.clone(),
+        CachedRun {
+            tenant: run.tenant_id.clone(),
+            status: RunStatus::Running,
+            epoch: run.lease_epoch,
+            owner: Some(owner.clone()),
+            last_seq: run.last_seq,
+            dirty: false,
+        },
+    );
+    ctx.defer(&run.id, &stored);
+    let claim = ClaimedRun {
+        lease: Lease::new(
+            run.id.clone(),
+            run.tenant_id.clone(),
+            run.lease_epoch,
+            owner.clone(),
+        ),
+        run,
+        recovered: false,
+        controls: Vec::new(),
+    };
+    (claim, stored)
 }
 
 /// Whether the run's newest event is `run.resumed`.

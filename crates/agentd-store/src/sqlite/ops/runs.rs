@@ -156,36 +156,10 @@ fn claim_created(
         now,
         run.id
     ])?;
-    let started = NewEvent::new(
-        EventType::WorkerStarted,
-        json!({"worker": &*claim.owner, "lease_epoch": run.lease_epoch}),
-    );
-    let stored = insert_events(c, &run.tenant_id, &run.id, run.last_seq, &[started], now)?;
-    run.last_seq += stored.len() as i64;
+    let started = super::leases::worker_started(&claim.owner, run.lease_epoch);
+    let (claimed, stored) = super::leases::hold(ctx, run, &claim.owner, &[started], now);
     events.extend(stored);
-    // The run's first appends are deferred against this, as after a claim.
-    ctx.remember(
-        run.id.clone(),
-        CachedRun {
-            tenant: run.tenant_id.clone(),
-            status: RunStatus::Running,
-            epoch: run.lease_epoch,
-            owner: Some(claim.owner.clone()),
-            last_seq: run.last_seq,
-            dirty: false,
-        },
-    );
-    Ok(ClaimedRun {
-        lease: Lease::new(
-            run.id.clone(),
-            run.tenant_id.clone(),
-            run.lease_epoch,
-            claim.owner.clone(),
-        ),
-        run,
-        recovered: false,
-        controls: Vec::new(),
-    })
+    Ok(claimed)
 }
 
 /// What cancelling one run did, folded into the caller's `Applied`.
