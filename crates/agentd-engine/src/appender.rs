@@ -57,15 +57,7 @@ impl Appender {
     /// Waits until everything sent so far is durable. State changes (which
     /// the loop appends itself) go after this, so they stay last.
     pub async fn flush(&self) -> Result<(), AppenderClosed> {
-        let (done, written) = oneshot::channel();
-        self.tx
-            .send(Msg::Barrier(done))
-            .await
-            .map_err(|_| AppenderClosed)?;
-        match written.await {
-            Ok(true) => Ok(()),
-            _ => Err(AppenderClosed),
-        }
+        self.written(Msg::Barrier).await
     }
 
     /// Ends the claim: `events` and `update` (already scrubbed) commit after
@@ -76,15 +68,21 @@ impl Appender {
         events: Vec<NewEvent>,
         update: RunUpdate,
     ) -> Result<(), AppenderClosed> {
-        let (done, written) = oneshot::channel();
-        self.tx
-            .send(Msg::Finish {
-                events,
-                update,
-                written: done,
-            })
-            .await
-            .map_err(|_| AppenderClosed)?;
+        self.written(|written| Msg::Finish {
+            events,
+            update,
+            written,
+        })
+        .await
+    }
+
+    /// Sends the message `msg` makes around a reply and waits for the reply.
+    async fn written(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<bool>) -> Msg,
+    ) -> Result<(), AppenderClosed> {
+        let (reply, written) = oneshot::channel();
+        self.tx.send(msg(reply)).await.map_err(|_| AppenderClosed)?;
         match written.await {
             Ok(true) => Ok(()),
             _ => Err(AppenderClosed),

@@ -131,7 +131,6 @@ impl From<StoreError> for Stop {
 type ClaimUsage = std::sync::Mutex<Usage>;
 
 pub(crate) async fn drive(ctx: RunContext, claimed: ClaimedRun) {
-    let lease = claimed.lease.clone();
     let usage = ClaimUsage::default();
     let result = run_to_end(&ctx, &claimed, &usage).await;
     let (events, mut update) = match result {
@@ -150,7 +149,7 @@ pub(crate) async fn drive(ctx: RunContext, claimed: ClaimedRun) {
     // Behind the queued deltas, so the terminal event stays last. A failure
     // was logged where the write failed.
     if ctx.commit(events, update).await.is_err() {
-        tracing::debug!(run = lease.run_id(), "could not record the stop");
+        tracing::debug!(run = claimed.lease.run_id(), "could not record the stop");
     }
 }
 
