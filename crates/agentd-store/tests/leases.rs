@@ -25,15 +25,20 @@ fn queued_run(tenant: &TenantId, session: &str) -> Run {
     )
 }
 
-async fn create(store: &dyn Store, tenant: &TenantId) -> Run {
-    let run = queued_run(tenant, &new_id("ses"));
-    let session = SessionTarget::New(NewSession {
-        tenant_id: tenant.clone(),
+/// A new session for `run`, created with it.
+fn new_session(run: &Run) -> SessionTarget {
+    SessionTarget::New(NewSession {
+        tenant_id: run.tenant_id.clone(),
         id: run.session_id.clone(),
         agent: "a".into(),
         metadata: json!({}),
         created_at: run.created_at,
-    });
+    })
+}
+
+async fn create(store: &dyn Store, tenant: &TenantId) -> Run {
+    let run = queued_run(tenant, &new_id("ses"));
+    let session = new_session(&run);
     match store
         .create_run(NewRun {
             run,
@@ -214,30 +219,28 @@ async fn a_run_that_can_start_at_once_is_claimed_as_it_is_created() {
     let store = open().await;
     let tenant = TenantId::default_tenant();
     let session = new_id("ses");
-    let ask = agentd_store::ClaimOnCreate {
-        owner: Arc::from("worker-a"),
-        lease_ms: 60_000,
+    // Creates `run` asking the store to claim it for worker A.
+    let create_claiming = async |run: Run, target: SessionTarget| {
+        let new = NewRun {
+            run,
+            session: target,
+            idempotency: None,
+            audit: None,
+            claim: Some(agentd_store::ClaimOnCreate {
+                owner: Arc::from("worker-a"),
+                lease_ms: 60_000,
+            }),
+        };
+        match store.create_run(new).await.unwrap() {
+            CreateRunOutcome::Created { run, claimed } => (*run, claimed),
+            other => panic!("{other:?}"),
+        }
     };
-    let new = |run: Run, target: SessionTarget| NewRun {
-        run,
-        session: target,
-        idempotency: None,
-        audit: None,
-        claim: Some(ask.clone()),
-    };
+    let claimable = async || store.claim_runs(claim("worker-b", 60_000)).await.unwrap();
+
     let first = queued_run(&tenant, &session);
-    let target = SessionTarget::New(NewSession {
-        tenant_id: tenant.clone(),
-        id: session.clone(),
-        agent: "a".into(),
-        metadata: json!({}),
-        created_at: first.created_at,
-    });
-    let CreateRunOutcome::Created { run, claimed } =
-        store.create_run(new(first, target)).await.unwrap()
-    else {
-        panic!("not created");
-    };
+    let target = new_session(&first);
+    let (run, claimed) = create_claiming(first, target).await;
     assert_eq!(
         run.status,
         RunStatus::Queued,
@@ -271,40 +274,20 @@ async fn a_run_that_can_start_at_once_is_claimed_as_it_is_created() {
         ]
     );
     // Nothing is left for a dispatcher, and the lease writes.
-    assert!(
-        store
-            .claim_runs(claim("worker-b", 60_000))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(claimable().await.is_empty());
     store
         .append(&first.lease, vec![content_delta("s", 1, "hi")], None)
         .await
         .unwrap();
 
     // A second run of the busy session waits its turn.
-    let CreateRunOutcome::Created {
-        run: second,
-        claimed,
-    } = store
-        .create_run(new(
-            queued_run(&tenant, &session),
-            SessionTarget::Existing(session.clone()),
-        ))
-        .await
-        .unwrap()
-    else {
-        panic!("not created");
-    };
+    let (second, claimed) = create_claiming(
+        queued_run(&tenant, &session),
+        SessionTarget::Existing(session.clone()),
+    )
+    .await;
     assert!(claimed.is_none(), "its session has an active run");
-    assert!(
-        store
-            .claim_runs(claim("worker-b", 60_000))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(claimable().await.is_empty());
     store
         .append(
             &first.lease,
@@ -313,7 +296,7 @@ async fn a_run_that_can_start_at_once_is_claimed_as_it_is_created() {
         )
         .await
         .unwrap();
-    let next = store.claim_runs(claim("worker-b", 60_000)).await.unwrap();
+    let next = claimable().await;
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].run.id, second.id);
 }
