@@ -20,11 +20,15 @@ enum Msg {
     Barrier(oneshot::Sender<bool>),
     /// The claim's state change and its events, written with whatever is
     /// still queued before them; nothing is written after it.
-    Finish {
-        events: Vec<NewEvent>,
-        update: RunUpdate,
-        written: oneshot::Sender<bool>,
-    },
+    Finish(Box<Finish>),
+}
+
+/// Boxed in [`Msg`]: a run update is large, and every slot of the queue is
+/// as big as the largest message.
+struct Finish {
+    events: Vec<NewEvent>,
+    update: RunUpdate,
+    written: oneshot::Sender<bool>,
 }
 
 /// Why the appender stopped: the run must stop writing.
@@ -68,10 +72,12 @@ impl Appender {
         events: Vec<NewEvent>,
         update: RunUpdate,
     ) -> Result<(), AppenderClosed> {
-        self.written(|written| Msg::Finish {
-            events,
-            update,
-            written,
+        self.written(|written| {
+            Msg::Finish(Box::new(Finish {
+                events,
+                update,
+                written,
+            }))
         })
         .await
     }
@@ -103,11 +109,12 @@ async fn write_in_order(
         let mut take = |msg| match msg {
             Msg::Events(e) => events.extend(e),
             Msg::Barrier(b) => barriers.push(b),
-            Msg::Finish {
-                events: last,
-                update,
-                written,
-            } => {
+            Msg::Finish(last) => {
+                let Finish {
+                    events: last,
+                    update,
+                    written,
+                } = *last;
                 events.extend(last);
                 finish = Some((update, written));
             }

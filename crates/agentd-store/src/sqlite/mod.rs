@@ -119,6 +119,14 @@ impl SqliteStore {
     }
 }
 
+/// SQLite's page cache per connection, as its `cache_size` pragma (negative:
+/// KiB, here 4 MiB). The writer's hot pages are the tails of the tables and
+/// of their indexes, a few MiB even with a thousand runs streaming; a larger
+/// cache only keeps pages no batch touches again (measured at 500 streaming
+/// runs: 16 MiB made no difference to CPU and held 12 MB more of the peak
+/// RSS). A miss is a read from the OS's page cache, not from the disk.
+const CACHE_SIZE: i64 = -4000;
+
 fn connect_options(path: &Path, fsync: bool) -> Result<SqliteConnectOptions, sqlx::Error> {
     Ok(SqliteConnectOptions::from_str("sqlite://")?
         .filename(path)
@@ -131,7 +139,7 @@ fn connect_options(path: &Path, fsync: bool) -> Result<SqliteConnectOptions, sql
         })
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(false)
-        .pragma("cache_size", "-16000")
+        .pragma("cache_size", CACHE_SIZE.to_string())
         .disable_statement_logging())
 }
 
@@ -146,7 +154,7 @@ fn writer_connection(path: &Path, fsync: bool) -> rusqlite::Result<rusqlite::Con
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" })?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
-    conn.pragma_update(None, "cache_size", -16000)?;
+    conn.pragma_update(None, "cache_size", CACHE_SIZE)?;
     // Checkpoint every ~16 MB of WAL rather than SQLite's ~4 MB: the hot
     // pages (the tails of the event log and its index) are rewritten by
     // every batch, and a longer interval copies each of them back once.
