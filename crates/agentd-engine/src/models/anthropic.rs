@@ -13,6 +13,7 @@ use eventsource_stream::Eventsource;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::upstream::UpstreamEvents;
 use super::{DeltaStream, ModelError, ModelRequest, status_error, transient};
 use crate::agents::ModelSpec;
 use reader::{ApiError, Reader};
@@ -102,9 +103,12 @@ pub async fn stream(
     }
 
     let idle = Duration::from_secs(spec.idle_timeout_secs.max(1));
-    let state = Reader::new(Box::pin(response.bytes_stream().eventsource()));
+    let state = Reader::new(UpstreamEvents::new(
+        response.bytes_stream().eventsource(),
+        idle,
+    ));
     let deltas = futures::stream::unfold(state, move |mut r| async move {
-        let item = r.next(idle).await?;
+        let item = r.next().await?;
         Some((item, r))
     });
     Ok(Box::pin(deltas))

@@ -4,6 +4,7 @@
 pub mod anthropic;
 pub mod local;
 pub mod openai;
+mod upstream;
 
 use std::pin::Pin;
 

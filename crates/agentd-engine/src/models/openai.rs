@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use agentd_core::Usage;
 use eventsource_stream::Eventsource;
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::upstream::UpstreamEvents;
 use super::{
     ChatMessage, DeltaStream, ModelDelta, ModelError, ModelRequest, ToolCall, status_error,
     transient,
@@ -206,32 +206,21 @@ pub async fn stream(
 
     let idle = Duration::from_secs(spec.idle_timeout_secs.max(1));
     let state = Reader {
-        events: Box::pin(response.bytes_stream().eventsource()),
+        events: UpstreamEvents::new(response.bytes_stream().eventsource(), idle),
         done: false,
         calls: BTreeMap::new(),
         ready: VecDeque::new(),
     };
     let deltas = futures::stream::unfold(state, move |mut r| async move {
-        let item = r.next(idle).await?;
+        let item = r.next().await?;
         Some((item, r))
     });
     Ok(Box::pin(deltas))
 }
 
-type Events = std::pin::Pin<
-    Box<
-        dyn futures::Stream<
-                Item = Result<
-                    eventsource_stream::Event,
-                    eventsource_stream::EventStreamError<reqwest::Error>,
-                >,
-            > + Send,
-    >,
->;
-
 /// Turns the chunk stream into deltas, assembling tool calls on the way.
 struct Reader {
-    events: Events,
+    events: UpstreamEvents,
     done: bool,
     /// Tool calls in progress, by the provider's index.
     calls: BTreeMap<usize, PartialCall>,
@@ -248,7 +237,7 @@ impl Reader {
         }
     }
 
-    async fn next(&mut self, idle: Duration) -> Option<Result<ModelDelta, ModelError>> {
+    async fn next(&mut self) -> Option<Result<ModelDelta, ModelError>> {
         loop {
             if let Some(d) = self.ready.pop_front() {
                 return Some(Ok(d));
@@ -256,7 +245,7 @@ impl Reader {
             if self.done {
                 return None;
             }
-            let event = match tokio::time::timeout(idle, self.events.next()).await {
+            let event = match self.events.next().await {
                 Err(_) => return self.fail(transient("UPSTREAM_STALLED", "no data from upstream")),
                 Ok(None) => {
                     return self.fail(transient("UPSTREAM_CLOSED", "stream ended before [DONE]"));

@@ -7,27 +7,15 @@
 //! at `message_stop`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Duration;
 
 use agentd_core::Usage;
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::models::upstream::UpstreamEvents;
 use crate::models::{ModelDelta, ModelError, ThinkingBlock, ToolCall, transient};
 
 /// The SSE events of a response body.
-pub type Events = std::pin::Pin<
-    Box<
-        dyn futures::Stream<
-                Item = Result<
-                    eventsource_stream::Event,
-                    eventsource_stream::EventStreamError<reqwest::Error>,
-                >,
-            > + Send,
-    >,
->;
-
 /// One event's `data`, by its `type`. Unknown types are skipped: Anthropic
 /// may add event types without a new API version.
 #[derive(Deserialize)]
@@ -205,7 +193,7 @@ pub fn api_error(e: &ApiError) -> ModelError {
 }
 
 pub struct Reader {
-    events: Events,
+    events: UpstreamEvents,
     done: bool,
     /// Blocks started and not yet stopped, by index.
     open: BTreeMap<usize, Open>,
@@ -216,7 +204,7 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn new(events: Events) -> Reader {
+    pub fn new(events: UpstreamEvents) -> Reader {
         Reader {
             events,
             done: false,
@@ -228,8 +216,9 @@ impl Reader {
     }
 
     /// The next delta; `None` after `message_stop` or an error. Each wait
-    /// for an event is bounded by `idle` (Anthropic pings a quiet stream).
-    pub async fn next(&mut self, idle: Duration) -> Option<Result<ModelDelta, ModelError>> {
+    /// for an event is bounded by the idle timeout (Anthropic pings a quiet
+    /// stream).
+    pub async fn next(&mut self) -> Option<Result<ModelDelta, ModelError>> {
         loop {
             if let Some(d) = self.ready.pop_front() {
                 return Some(Ok(d));
@@ -237,7 +226,7 @@ impl Reader {
             if self.done {
                 return None;
             }
-            let event = match tokio::time::timeout(idle, self.events.next()).await {
+            let event = match self.events.next().await {
                 Err(_) => return self.fail(transient("UPSTREAM_STALLED", "no data from upstream")),
                 Ok(None) => {
                     return self.fail(transient(
@@ -387,6 +376,8 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use eventsource_stream::Eventsource;
     use serde_json::json;
@@ -398,9 +389,12 @@ mod tests {
             .map(|(event, data)| format!("event: {event}\ndata: {data}\n\n"))
             .collect();
         let chunks = vec![Ok::<_, reqwest::Error>(body.into_bytes())];
-        let mut reader = Reader::new(Box::pin(futures::stream::iter(chunks).eventsource()));
+        let mut reader = Reader::new(UpstreamEvents::new(
+            futures::stream::iter(chunks).eventsource(),
+            Duration::from_secs(5),
+        ));
         let mut out = Vec::new();
-        while let Some(item) = reader.next(Duration::from_secs(5)).await {
+        while let Some(item) = reader.next().await {
             out.push(item);
         }
         out
@@ -547,13 +541,16 @@ mod tests {
     async fn unparseable_data_is_a_bad_response() {
         let body = "event: message_start\ndata: {not json\n\n";
         let chunks = vec![Ok::<_, reqwest::Error>(body.as_bytes().to_vec())];
-        let mut reader = Reader::new(Box::pin(futures::stream::iter(chunks).eventsource()));
+        let mut reader = Reader::new(UpstreamEvents::new(
+            futures::stream::iter(chunks).eventsource(),
+            Duration::from_secs(5),
+        ));
         let err = reader
-            .next(Duration::from_secs(5))
+            .next()
             .await
             .and_then(Result::err)
             .map(|e| e.reason_code());
         assert_eq!(err, Some("UPSTREAM_BAD_RESPONSE"));
-        assert!(reader.next(Duration::from_secs(5)).await.is_none());
+        assert!(reader.next().await.is_none());
     }
 }
