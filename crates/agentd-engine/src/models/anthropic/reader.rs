@@ -15,7 +15,6 @@ use serde_json::{Map, Value};
 use crate::models::upstream::UpstreamEvents;
 use crate::models::{ModelDelta, ModelError, ThinkingBlock, ToolCall, transient};
 
-/// The SSE events of a response body.
 /// One event's `data`, by its `type`. Unknown types are skipped: Anthropic
 /// may add event types without a new API version.
 #[derive(Deserialize)]
