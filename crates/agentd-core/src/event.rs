@@ -1,6 +1,9 @@
 //! The run event catalog (DESIGN §3) and the public event envelope of seed 001:
 //! `{seq, type, timestamp, payload: {redacted, value}}`.
 
+use std::fmt::Write as _;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -95,23 +98,33 @@ impl EventType {
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewEvent {
     pub kind: EventType,
-    pub value: Value,
+    /// Shared with the [`Event`] the store makes of it, not copied: a
+    /// writer batch may be retried, so the store only borrows what it appends.
+    pub value: Arc<Value>,
 }
 
 impl NewEvent {
     pub fn new(kind: EventType, value: Value) -> Self {
-        NewEvent { kind, value }
+        NewEvent {
+            kind,
+            value: Arc::new(value),
+        }
     }
 }
 
 /// A durable event. `seq` is gapless per run from 1.
+///
+/// Its payload is held twice, as a value (for the code that reads its
+/// fields) and as the JSON text the store keeps: serialized once, when the
+/// event is made, then shared by the row and every reader's stream.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     pub run_id: String,
     pub seq: i64,
     pub kind: EventType,
     pub created_at: Millis,
-    pub value: Value,
+    value: Arc<Value>,
+    json: Arc<str>,
 }
 
 /// The public envelope (seed 001). `redacted` is true when the caller may not
@@ -145,45 +158,90 @@ impl EventType {
 }
 
 impl Event {
+    /// A new event of `run_id`; its payload is serialized here.
+    pub fn new(
+        run_id: String,
+        seq: i64,
+        kind: EventType,
+        created_at: Millis,
+        value: Arc<Value>,
+    ) -> Event {
+        // Serializing a `Value` cannot fail (its keys are strings).
+        let json = serde_json::to_string(&*value).unwrap_or_default().into();
+        Event {
+            run_id,
+            seq,
+            kind,
+            created_at,
+            value,
+            json,
+        }
+    }
+
+    /// An event read back from the store, its payload text `json` kept as stored.
+    pub fn stored(
+        run_id: String,
+        seq: i64,
+        kind: EventType,
+        created_at: Millis,
+        json: String,
+    ) -> Result<Event, serde_json::Error> {
+        let value = serde_json::from_str(&json)?;
+        Ok(Event {
+            run_id,
+            seq,
+            kind,
+            created_at,
+            value: Arc::new(value),
+            json: json.into(),
+        })
+    }
+
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// The payload as JSON text (what the store keeps); cheap to clone.
+    pub fn json(&self) -> &Arc<str> {
+        &self.json
+    }
+
     pub fn to_public(&self) -> PublicEvent {
         self.to_public_for(true)
     }
 
-    /// `to_public_for` as JSON text, without copying the payload when nothing
-    /// is withheld: the hot path (every event, to every reader).
+    /// `to_public_for` as JSON text.
     pub fn public_json(&self, read_inputs: bool) -> String {
+        let mut out = String::new();
+        self.write_public_json(read_inputs, &mut out);
+        out
+    }
+
+    /// Appends `public_json` to `out`. When nothing is withheld the payload
+    /// is the stored text, copied, not serialized again: the hot path (every
+    /// event, to every reader).
+    pub fn write_public_json(&self, read_inputs: bool, out: &mut String) {
         if !read_inputs && !self.kind.input_fields().is_empty() {
-            return serde_json::to_string(&self.to_public_for(false)).unwrap_or_default();
+            out.push_str(&serde_json::to_string(&self.to_public_for(false)).unwrap_or_default());
+            return;
         }
-        #[derive(Serialize)]
-        struct Payload<'a> {
-            redacted: bool,
-            value: &'a Value,
-        }
-        #[derive(Serialize)]
-        struct Public<'a> {
-            seq: i64,
-            #[serde(rename = "type")]
-            kind: &'static str,
-            timestamp: String,
-            payload: Payload<'a>,
-        }
-        serde_json::to_string(&Public {
-            seq: self.seq,
-            kind: self.kind.as_str(),
-            timestamp: to_rfc3339(self.created_at),
-            payload: Payload {
-                redacted: false,
-                value: &self.value,
-            },
-        })
-        .unwrap_or_default()
+        out.reserve(self.json.len() + 112);
+        // Field order and spelling as `PublicEvent` serializes them.
+        let _ = write!(
+            out,
+            r#"{{"seq":{},"type":"{}","timestamp":"{}","payload":{{"redacted":false,"value":"#,
+            self.seq,
+            self.kind.as_str(),
+            to_rfc3339(self.created_at),
+        );
+        out.push_str(&self.json);
+        out.push_str("}}");
     }
 
     /// The envelope as a reader sees it: without `read_inputs`, the input
     /// fields are removed and `redacted` says so.
     pub fn to_public_for(&self, read_inputs: bool) -> PublicEvent {
-        let mut value = self.value.clone();
+        let mut value = Value::clone(&self.value);
         let mut redacted = false;
         if !read_inputs && let Value::Object(map) = &mut value {
             for field in self.kind.input_fields() {
@@ -315,13 +373,15 @@ mod tests {
             (EventType::RunCreated, true),
             (EventType::RunCreated, false),
         ] {
-            let e = Event {
-                run_id: "run_x".into(),
-                seq: 7,
+            let e = Event::new(
+                "run_x".into(),
+                7,
                 kind,
-                created_at: 1_700_000_000_123,
-                value: json!({"input": {"q": 1}, "metadata": {}, "agent": "a", "kind": "content_delta"}),
-            };
+                1_700_000_000_123,
+                Arc::new(
+                    json!({"input": {"q": "a \"quoted\" line\n"}, "metadata": {}, "agent": "a", "kind": "content_delta"}),
+                ),
+            );
             assert_eq!(
                 e.public_json(read),
                 serde_json::to_string(&e.to_public_for(read)).unwrap()
@@ -331,13 +391,13 @@ mod tests {
 
     #[test]
     fn public_envelope_shape() {
-        let e = Event {
-            run_id: "run_x".into(),
-            seq: 3,
-            kind: EventType::StepProgress,
-            created_at: 0,
-            value: json!({"kind": "content_delta"}),
-        };
+        let e = Event::new(
+            "run_x".into(),
+            3,
+            EventType::StepProgress,
+            0,
+            Arc::new(json!({"kind": "content_delta"})),
+        );
         let v = serde_json::to_value(e.to_public()).unwrap();
         assert_eq!(v["type"], "step.progress");
         assert_eq!(v["seq"], 3);

@@ -123,11 +123,11 @@ impl PauseState {
         match e.kind {
             EventType::AwaitingInput => {
                 self.requested =
-                    serde_json::from_value(e.value["pending"].clone()).unwrap_or_default();
+                    serde_json::from_value(e.value()["pending"].clone()).unwrap_or_default();
                 self.decisions.clear();
             }
             EventType::SignalReceived => {
-                if let Ok(d) = serde_json::from_value::<Decision>(e.value.clone()) {
+                if let Ok(d) = serde_json::from_value::<Decision>(e.value().clone()) {
                     self.decisions.push(d);
                 }
             }
@@ -215,13 +215,7 @@ mod tests {
     use super::*;
 
     fn event(kind: EventType, value: Value) -> Event {
-        Event {
-            run_id: "run_1".into(),
-            seq: 1,
-            kind,
-            created_at: 0,
-            value,
-        }
+        Event::new("run_1".into(), 1, kind, 0, value.into())
     }
 
     fn pending(call: &str, kind: InputKind) -> PendingRequest {
@@ -250,7 +244,7 @@ mod tests {
                 pending("q", InputKind::Input),
             ]),
         );
-        assert_eq!(pause.value["input_kind"], "approval");
+        assert_eq!(pause.value()["input_kind"], "approval");
         let mut state = PauseState::from_events([&pause]);
         assert_eq!(state.outstanding().len(), 3);
 

@@ -14,6 +14,7 @@ pub mod jwt;
 mod openapi;
 mod request_id;
 mod routes;
+mod sse;
 pub mod views;
 
 use std::sync::Arc;

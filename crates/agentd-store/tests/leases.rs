@@ -111,7 +111,11 @@ async fn a_worker_whose_lease_was_taken_over_cannot_write() {
         (1..=events.len() as i64).collect::<Vec<_>>(),
         "gapless"
     );
-    assert!(events.iter().all(|e| e.value["content_delta"] != "late A"));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.value()["content_delta"] != "late A")
+    );
     assert!(events.iter().any(|e| e.kind == EventType::WorkerRecovered));
     let stored = store.get_run(&tenant, &run.id).await.unwrap().unwrap();
     assert_eq!(stored.status, RunStatus::Succeeded);

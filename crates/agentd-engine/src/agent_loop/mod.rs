@@ -97,7 +97,7 @@ async fn sleep_until(at: Option<Instant>) {
 /// Scrubs every event's payload in place (DESIGN §3: before it is written).
 pub(crate) fn scrub_events(scrubber: &Scrubber, events: &mut [NewEvent]) {
     for e in events {
-        scrubber.scrub_value(&mut e.value);
+        scrubber.scrub_value(Arc::make_mut(&mut e.value));
     }
 }
 

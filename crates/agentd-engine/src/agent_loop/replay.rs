@@ -63,7 +63,7 @@ impl Transcript {
     }
 
     fn observe(&mut self, e: &Event) {
-        let v = &e.value;
+        let v = e.value();
         match e.kind {
             EventType::WorkerStarted | EventType::WorkerRecovered => {
                 self.started_at.get_or_insert(e.created_at);

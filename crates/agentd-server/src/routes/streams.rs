@@ -1,13 +1,13 @@
 //! Reading a run's events: a page, the `run_event` SSE stream (seed 001), and
 //! the `run_updated` snapshot stream (seed 000).
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::Response;
 use futures::{Stream, StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -21,12 +21,14 @@ use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
 use crate::extract::QueryParams;
 use crate::follow::follow;
+use crate::sse;
 use crate::views::{MAX_PAGE, RunView};
 
 /// Heartbeat comments keep proxies from closing idle streams (DESIGN §3).
 const HEARTBEAT: Duration = Duration::from_secs(15);
-/// What clients are told to wait before reconnecting.
-const RETRY_HINT: Duration = Duration::from_secs(1);
+const HEARTBEAT_FRAME: Bytes = sse::comment(": heartbeat\n\n");
+/// The first frame: clients are told to wait 1 s before reconnecting.
+const HELLO_FRAME: Bytes = sse::comment("retry: 1000\n: stream open\n\n");
 
 #[derive(Deserialize)]
 pub struct EventsQuery {
@@ -94,23 +96,24 @@ fn resume_point(headers: &HeaderMap, after_seq: Option<i64>) -> Result<i64, ApiE
     Ok(after_seq.unwrap_or(0).max(0))
 }
 
-fn sse<S>(events: S) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>>
+fn sse<S>(frames: S) -> Response
 where
-    S: Stream<Item = SseEvent> + Send + 'static,
+    S: Stream<Item = Bytes> + Send + 'static,
 {
-    let hello = SseEvent::default().retry(RETRY_HINT).comment("stream open");
-    Sse::new(stream::once(async move { hello }).chain(events).map(Ok))
-        .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
+    sse::response(
+        stream::once(async { HELLO_FRAME }).chain(frames),
+        HEARTBEAT_FRAME,
+        HEARTBEAT,
+    )
 }
 
 /// A stream that cannot go on says why, with the reason code the same
 /// failure gets as an HTTP error (`STORE_UNAVAILABLE` for a store outage).
-fn error_event(e: StoreError) -> SseEvent {
+fn error_event(e: StoreError) -> Bytes {
     let message = e.to_string();
     let reason = ApiError::from(e).reason_code();
-    SseEvent::default()
-        .event("error")
-        .data(serde_json::json!({"error": message, "reason_code": reason}).to_string())
+    let data = serde_json::json!({"error": message, "reason_code": reason}).to_string();
+    sse::frame(Some("error"), None, data.len(), |buf| buf.push_str(&data))
 }
 
 /// Every event of the run after the resume point, live, closing after the terminal one.
@@ -124,7 +127,7 @@ pub async fn events_stream(
     Path(id): Path<String>,
     headers: HeaderMap,
     QueryParams(q): QueryParams<EventsQuery>,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     principal.require(Scope::RunsRead)?;
     let after = resume_point(&headers, q.after_seq)?;
     find_run(&state, &principal, &id).await?;
@@ -135,10 +138,12 @@ pub async fn events_stream(
             // The stream owns its registration: dropped, it deregisters.
             let _slot = &slot;
             match item {
-                Ok(e) => SseEvent::default()
-                    .event("run_event")
-                    .id(e.seq.to_string())
-                    .data(e.public_json(read_inputs)),
+                Ok(e) => sse::frame(
+                    Some("run_event"),
+                    Some(e.seq),
+                    e.json().len() + 112,
+                    |buf| e.write_public_json(read_inputs, buf),
+                ),
                 Err(e) => error_event(e),
             }
         });
@@ -153,15 +158,16 @@ pub async fn run_updates(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     principal.require(Scope::RunsRead)?;
     let run = find_run(&state, &principal, &id).await?;
     let read_inputs = principal.can(Scope::RunsReadInputs);
     let snapshot = move |run: &agentd_core::Run| {
         let view = RunView::of(run).redacted_unless(read_inputs);
-        SseEvent::default()
-            .event("run_updated")
-            .data(serde_json::to_string(&view).unwrap_or_default())
+        let data = serde_json::to_string(&view).unwrap_or_default();
+        sse::frame(Some("run_updated"), None, data.len(), |buf| {
+            buf.push_str(&data)
+        })
     };
     let first = snapshot(&run);
     if run.status.is_terminal() {

@@ -6,6 +6,8 @@
 //! the appends of one batch cost one multi-row INSERT per 1000 rows. Every
 //! other job flushes first, so it reads the log as the appends left it.
 
+use std::sync::Arc;
+
 use agentd_core::{Event, TenantId};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
@@ -42,7 +44,7 @@ impl Ctx {
             seq: e.seq,
             tenant: tenant.clone(),
             kind: e.kind.as_str(),
-            payload: e.value.to_string(),
+            payload: e.json().clone(),
             created_at: e.created_at,
         }));
     }
@@ -61,7 +63,7 @@ impl Ctx {
                     .push_bind(row.seq)
                     .push_bind(row.tenant.as_str())
                     .push_bind(row.kind)
-                    .push_bind(&row.payload)
+                    .push_bind(&*row.payload)
                     .push_bind(row.created_at);
             });
             qb.build().execute(&mut *c).await?;
@@ -77,6 +79,6 @@ struct PendingRow {
     seq: i64,
     tenant: TenantId,
     kind: &'static str,
-    payload: String,
+    payload: Arc<str>,
     created_at: i64,
 }

@@ -167,13 +167,13 @@ mod tests {
     use agentd_core::EventType;
 
     fn event(run: &str, seq: i64) -> Event {
-        Event {
-            run_id: run.into(),
+        Event::new(
+            run.into(),
             seq,
-            kind: EventType::StepProgress,
-            created_at: 0,
-            value: serde_json::Value::Null,
-        }
+            EventType::StepProgress,
+            0,
+            serde_json::Value::Null.into(),
+        )
     }
 
     #[test]

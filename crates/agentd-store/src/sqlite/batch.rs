@@ -84,7 +84,7 @@ impl Ctx {
             seq: e.seq,
             tenant: tenant.clone(),
             kind: e.kind.as_str(),
-            payload: e.value.to_string(),
+            payload: e.json().clone(),
             created_at: e.created_at,
         }));
     }
@@ -110,7 +110,7 @@ impl Ctx {
                 row.seq,
                 row.tenant.as_str(),
                 row.kind,
-                row.payload,
+                &*row.payload,
                 row.created_at
             ])?;
         }
@@ -130,6 +130,6 @@ struct PendingRow {
     seq: i64,
     tenant: TenantId,
     kind: &'static str,
-    payload: String,
+    payload: Arc<str>,
     created_at: i64,
 }

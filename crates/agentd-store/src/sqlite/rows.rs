@@ -163,14 +163,15 @@ impl EventRow {
 impl TryFrom<EventRow> for Event {
     type Error = StoreError;
     fn try_from(r: EventRow) -> Result<Event, StoreError> {
-        Ok(Event {
-            kind: EventType::parse(&r.kind)
-                .ok_or_else(|| StoreError::Corrupt(format!("bad event type {:?}", r.kind)))?,
-            value: serde_json::from_str(&r.payload)?,
-            run_id: r.run_id,
-            seq: r.seq,
-            created_at: r.created_at,
-        })
+        let kind = EventType::parse(&r.kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad event type {:?}", r.kind)))?;
+        Ok(Event::stored(
+            r.run_id,
+            r.seq,
+            kind,
+            r.created_at,
+            r.payload,
+        )?)
     }
 }
 

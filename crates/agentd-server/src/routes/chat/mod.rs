@@ -7,12 +7,9 @@ pub(crate) mod attachments;
 pub(crate) mod state;
 pub(crate) mod ws;
 
-use std::convert::Infallible;
-
 use axum::Json;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt, stream};
 use serde::Deserialize;
@@ -31,6 +28,7 @@ use crate::error::{ApiError, Resource};
 use crate::extract::parse_json;
 use crate::follow::follow;
 use crate::request_id::RequestId;
+use crate::sse;
 
 /// A chat caller: a credential with the `chat` scope, or — with
 /// `chat.public = true` and no `Authorization` header — anyone, on the
@@ -187,7 +185,7 @@ pub(crate) async fn start_turn(
 
 /// The chat event for a run event, if it has one.
 fn translate(app: &AppState, turn: &Turn, e: &Event) -> Option<Value> {
-    let v = &e.value;
+    let v = e.value();
     Some(match e.kind {
         EventType::StepProgress => match v["kind"].as_str()? {
             "content_delta" => json!({"type": "token", "data": v["content_delta"]}),
@@ -288,20 +286,19 @@ pub async fn chat(
     .await?;
     if body.stream {
         let events = turn_events(app.clone(), &caller, turn)
-            .map(|v| SseEvent::default().data(v.to_string()))
-            .chain(stream::once(async { SseEvent::default().data("[DONE]") }))
-            .map(Ok::<_, Infallible>);
-        return Ok(sse(events).into_response());
+            .map(|v| sse::data_frame(&serde_json::to_string(&v).unwrap_or_default()))
+            .chain(stream::once(async { sse::data_frame("[DONE]") }));
+        return Ok(sse::response(
+            events,
+            sse::comment(": heartbeat\n\n"),
+            HEARTBEAT,
+        ));
     }
     answer(app, caller, turn).await
 }
 
-fn sse<S>(events: S) -> impl IntoResponse
-where
-    S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
-{
-    Sse::new(events).keep_alive(KeepAlive::new().text("heartbeat"))
-}
+/// Heartbeat comments keep proxies from closing idle streams (DESIGN §3).
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The non-streaming answer: waits for the run to finish (or pause).
 async fn answer(app: AppState, caller: Principal, turn: Turn) -> Result<Response, ApiError> {

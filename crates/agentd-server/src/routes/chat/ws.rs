@@ -181,7 +181,7 @@ async fn serve(app: AppState, caller: Principal, socket: WebSocket) {
                     }
                     next = outbox.recv() => match next {
                         Some(frame) => {
-                            if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
+                            if sink.send(Message::Text(serde_json::to_string(&frame).unwrap_or_default().into())).await.is_err() {
                                 return;
                             }
                         }

@@ -94,12 +94,14 @@ pub(crate) fn number_events(
     events
         .iter()
         .enumerate()
-        .map(|(i, e)| Event {
-            run_id: run_id.to_owned(),
-            seq: last_seq + 1 + i as i64,
-            kind: e.kind,
-            created_at: now,
-            value: e.value.clone(),
+        .map(|(i, e)| {
+            Event::new(
+                run_id.to_owned(),
+                last_seq + 1 + i as i64,
+                e.kind,
+                now,
+                e.value.clone(),
+            )
         })
         .collect()
 }
@@ -127,7 +129,7 @@ async fn insert_events(
                 .push_bind(e.seq)
                 .push_bind(tenant.as_str())
                 .push_bind(e.kind.as_str())
-                .push_bind(e.value.to_string())
+                .push_bind(&**e.json())
                 .push_bind(e.created_at);
         });
         qb.build().execute(&mut *c).await?;

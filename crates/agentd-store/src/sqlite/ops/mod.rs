@@ -88,12 +88,14 @@ fn number_events(run_id: &str, last_seq: i64, events: &[NewEvent], now: i64) -> 
     events
         .iter()
         .enumerate()
-        .map(|(i, e)| Event {
-            run_id: run_id.to_owned(),
-            seq: last_seq + 1 + i as i64,
-            kind: e.kind,
-            created_at: now,
-            value: e.value.clone(),
+        .map(|(i, e)| {
+            Event::new(
+                run_id.to_owned(),
+                last_seq + 1 + i as i64,
+                e.kind,
+                now,
+                e.value.clone(),
+            )
         })
         .collect()
 }
@@ -116,7 +118,7 @@ fn insert_events(
             e.seq,
             tenant.as_str(),
             e.kind.as_str(),
-            e.value.to_string(),
+            e.json(),
             e.created_at
         ])?;
     }
