@@ -59,8 +59,9 @@ pub(crate) fn data_frame(data: &str) -> Bytes {
     frame(None, None, data.len(), |buf| buf.push_str(data))
 }
 
-/// A comment frame (`: text`), which clients ignore.
-pub(crate) const fn comment(text: &'static str) -> Bytes {
+/// A frame known when compiling, `text` written out whole (a `: comment`
+/// line, which clients ignore, or a `retry:` hint).
+pub(crate) const fn fixed_frame(text: &'static str) -> Bytes {
     Bytes::from_static(text.as_bytes())
 }
 
@@ -157,7 +158,7 @@ mod tests {
             timer: Box::pin(tokio::time::sleep(every)),
             last_sent: Instant::now(),
             every,
-            heartbeat: comment(": hb\n\n"),
+            heartbeat: fixed_frame(": hb\n\n"),
         };
         tokio::time::sleep(every / 2).await;
         tx.send(Bytes::from_static(b"x")).unwrap();

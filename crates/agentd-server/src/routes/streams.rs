@@ -26,9 +26,9 @@ use crate::views::{MAX_PAGE, RunView};
 
 /// Heartbeat comments keep proxies from closing idle streams (DESIGN §3).
 const HEARTBEAT: Duration = Duration::from_secs(15);
-const HEARTBEAT_FRAME: Bytes = sse::comment(": heartbeat\n\n");
+const HEARTBEAT_FRAME: Bytes = sse::fixed_frame(": heartbeat\n\n");
 /// The first frame: clients are told to wait 1 s before reconnecting.
-const HELLO_FRAME: Bytes = sse::comment("retry: 1000\n: stream open\n\n");
+const HELLO_FRAME: Bytes = sse::fixed_frame("retry: 1000\n: stream open\n\n");
 
 #[derive(Deserialize)]
 pub struct EventsQuery {

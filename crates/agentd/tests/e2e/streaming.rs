@@ -59,6 +59,43 @@ async fn resume_mid_stream_by_last_event_id() {
     assert_eq!(bad.status().as_u16(), 400);
 }
 
+/// The stream's bytes as written: the reconnect hint first, then one frame
+/// per event, whose data is the envelope the events page serves.
+#[tokio::test]
+async fn the_stream_is_framed_as_server_sent_events() {
+    let fake = FakeUpstream::start().await;
+    let d = Daemon::start(&fake).await;
+    let api = d.api();
+    let id = api.start_run("framed").await;
+    api.wait_terminal(&id).await;
+    let text = api
+        .req(
+            reqwest::Method::GET,
+            &format!("/v1/runs/{id}/events/stream"),
+        )
+        .send()
+        .await
+        .expect("stream request")
+        .text()
+        .await
+        .expect("stream body");
+    let frames = text
+        .strip_prefix("retry: 1000\n: stream open\n\n")
+        .unwrap_or_else(|| panic!("no reconnect hint first: {text:?}"));
+    let page = api.events(&id).await;
+    let frames: Vec<&str> = frames.split_terminator("\n\n").collect();
+    assert_eq!(frames.len(), page.len(), "{text}");
+    for (frame, event) in frames.iter().zip(&page) {
+        let head = format!("event: run_event\nid: {}\ndata: ", event["seq"]);
+        let data = frame
+            .strip_prefix(&head)
+            .unwrap_or_else(|| panic!("frame {frame:?}"));
+        assert!(!data.contains('\n'), "one data line: {frame:?}");
+        let v: serde_json::Value = serde_json::from_str(data).expect("frame data is JSON");
+        assert_eq!(&v, event);
+    }
+}
+
 #[tokio::test]
 async fn a_late_reader_gets_the_full_replay() {
     let fake = FakeUpstream::start().await;

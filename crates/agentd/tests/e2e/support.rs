@@ -337,7 +337,7 @@ impl Api {
         self
     }
 
-    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut r = self.http.request(method, format!("{}{}", self.base, path));
         for (k, v) in &self.headers {
             r = r.header(k, v);

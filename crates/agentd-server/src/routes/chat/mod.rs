@@ -290,7 +290,7 @@ pub async fn chat(
             .chain(stream::once(async { sse::data_frame("[DONE]") }));
         return Ok(sse::response(
             events,
-            sse::comment(": heartbeat\n\n"),
+            sse::fixed_frame(": heartbeat\n\n"),
             HEARTBEAT,
         ));
     }
