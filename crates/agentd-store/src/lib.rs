@@ -170,3 +170,26 @@ pub trait Store: Send + Sync + 'static {
     /// ends all of them at open: one process owns a data dir.) Returns how many.
     async fn end_orphaned_sandboxes(&self, now: Millis) -> Result<u64, StoreError>;
 }
+
+/// Gives `events` the seqs that follow `last_seq`, and their payload text:
+/// the one place seqs are made, for both stores.
+pub(crate) fn number_events(
+    run_id: &str,
+    last_seq: i64,
+    events: &[NewEvent],
+    now: Millis,
+) -> Vec<Event> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            Event::new(
+                run_id.to_owned(),
+                last_seq + 1 + i as i64,
+                e.kind,
+                now,
+                e.value.clone(),
+            )
+        })
+        .collect()
+}

@@ -6,8 +6,6 @@
 //! the appends of one batch cost one multi-row INSERT per 1000 rows. Every
 //! other job flushes first, so it reads the log as the appends left it.
 
-use std::sync::Arc;
-
 use agentd_core::{Event, TenantId};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
@@ -40,12 +38,8 @@ impl Ctx {
     /// Queues `events` (seqs already allocated on the run row) for the flush.
     pub fn defer(&mut self, tenant: &TenantId, events: &[Event]) {
         self.events.extend(events.iter().map(|e| PendingRow {
-            run_id: e.run_id.clone(),
-            seq: e.seq,
+            event: e.clone(),
             tenant: tenant.clone(),
-            kind: e.kind.as_str(),
-            payload: e.json().clone(),
-            created_at: e.created_at,
         }));
     }
 
@@ -59,12 +53,13 @@ impl Ctx {
                 "INSERT INTO run_events (run_id, seq, tenant_id, type, payload, created_at) ",
             );
             qb.push_values(chunk, |mut b, row| {
-                b.push_bind(&row.run_id)
-                    .push_bind(row.seq)
+                let e = &row.event;
+                b.push_bind(&e.run_id)
+                    .push_bind(e.seq)
                     .push_bind(row.tenant.as_str())
-                    .push_bind(row.kind)
-                    .push_bind(&*row.payload)
-                    .push_bind(row.created_at);
+                    .push_bind(e.kind.as_str())
+                    .push_bind(&**e.json())
+                    .push_bind(e.created_at);
             });
             qb.build().execute(&mut *c).await?;
         }
@@ -73,12 +68,9 @@ impl Ctx {
     }
 }
 
-/// An event row waiting for the flush, its payload already serialized.
+/// An event row waiting for the flush: the event (its payload text
+/// included, shared, not copied) and its run's tenant.
 struct PendingRow {
-    run_id: String,
-    seq: i64,
+    event: Event,
     tenant: TenantId,
-    kind: &'static str,
-    payload: Arc<str>,
-    created_at: i64,
 }

@@ -13,9 +13,9 @@ use tokio::sync::oneshot;
 
 use super::batch::Ctx;
 use super::notify::Note;
-use super::ops::number_events;
 use super::writer::{Applied, Job, announce};
 use crate::hub::EventHub;
+use crate::number_events;
 use crate::{Lease, StoreError};
 
 /// One plain append waiting in the writer's queue.

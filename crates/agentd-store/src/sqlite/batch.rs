@@ -80,12 +80,8 @@ impl Ctx {
         }
         let tenant = &run.tenant;
         self.events.extend(events.iter().map(|e| PendingRow {
-            run_id: e.run_id.clone(),
-            seq: e.seq,
+            event: e.clone(),
             tenant: tenant.clone(),
-            kind: e.kind.as_str(),
-            payload: e.json().clone(),
-            created_at: e.created_at,
         }));
     }
 
@@ -105,13 +101,14 @@ impl Ctx {
         }
         let mut insert = c.prepare_cached(INSERT_EVENT)?;
         for row in &self.events {
+            let e = &row.event;
             insert.execute(params![
-                row.run_id,
-                row.seq,
+                e.run_id,
+                e.seq,
                 row.tenant.as_str(),
-                row.kind,
-                &*row.payload,
-                row.created_at
+                e.kind.as_str(),
+                &**e.json(),
+                e.created_at
             ])?;
         }
         for id in self.dirty.drain(..) {
@@ -124,12 +121,9 @@ impl Ctx {
     }
 }
 
-/// An event row waiting for the flush, its payload already serialized.
+/// An event row waiting for the flush: the event (its payload text
+/// included, shared, not copied) and its run's tenant.
 struct PendingRow {
-    run_id: String,
-    seq: i64,
+    event: Event,
     tenant: TenantId,
-    kind: &'static str,
-    payload: Arc<str>,
-    created_at: i64,
 }

@@ -31,7 +31,7 @@ use super::writer::Applied;
 use crate::sqlite::rows::RunRow;
 use crate::{
     ClaimRequest, ClaimedRun, Control, CreateRunOutcome, Heartbeat, Lease, NewRun, NewSession,
-    RunUpdate, SessionTarget, StoreError,
+    RunUpdate, SessionTarget, StoreError, number_events,
 };
 
 /// How long an idempotency key is remembered (DESIGN §3).
@@ -82,28 +82,6 @@ fn session_of(s: &NewSession) -> Session {
         created_at: s.created_at,
         updated_at: s.created_at,
     }
-}
-
-/// Gives `events` the seqs that follow `last_seq`: the one place seqs are made.
-pub(crate) fn number_events(
-    run_id: &str,
-    last_seq: i64,
-    events: &[NewEvent],
-    now: i64,
-) -> Vec<Event> {
-    events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            Event::new(
-                run_id.to_owned(),
-                last_seq + 1 + i as i64,
-                e.kind,
-                now,
-                e.value.clone(),
-            )
-        })
-        .collect()
 }
 
 /// Appends `events` after `last_seq` of a run this job has locked, and moves

@@ -30,7 +30,7 @@ use super::rows::{LAST_SEQ_OF, RUN_COLUMNS, RUN_INSERT_COLUMNS, RunRow};
 use super::writer::Applied;
 use crate::{
     ClaimOnCreate, ClaimRequest, ClaimedRun, Control, CreateRunOutcome, Heartbeat, Lease, NewRun,
-    NewSession, RunUpdate, SessionTarget, StoreError,
+    NewSession, RunUpdate, SessionTarget, StoreError, number_events,
 };
 
 /// How long an idempotency key is remembered (DESIGN §3).
@@ -81,23 +81,6 @@ fn session_of(s: &NewSession) -> Session {
         created_at: s.created_at,
         updated_at: s.created_at,
     }
-}
-
-/// Gives `events` the seqs that follow `last_seq`: the one place seqs are made.
-fn number_events(run_id: &str, last_seq: i64, events: &[NewEvent], now: i64) -> Vec<Event> {
-    events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            Event::new(
-                run_id.to_owned(),
-                last_seq + 1 + i as i64,
-                e.kind,
-                now,
-                e.value.clone(),
-            )
-        })
-        .collect()
 }
 
 /// Appends `events` after `last_seq` at once (not deferred); returns them
