@@ -210,14 +210,7 @@ impl Event {
         self.to_public_for(true)
     }
 
-    /// `to_public_for` as JSON text.
-    pub fn public_json(&self, read_inputs: bool) -> String {
-        let mut out = String::new();
-        self.write_public_json(read_inputs, &mut out);
-        out
-    }
-
-    /// Appends `public_json` to `out`. When nothing is withheld the payload
+    /// Appends `to_public_for` as JSON text to `out`. When nothing is withheld the payload
     /// is the stored text, copied, not serialized again: the hot path (every
     /// event, to every reader).
     pub fn write_public_json(&self, read_inputs: bool, out: &mut String) {
@@ -382,8 +375,10 @@ mod tests {
                     json!({"input": {"q": "a \"quoted\" line\n"}, "metadata": {}, "agent": "a", "kind": "content_delta"}),
                 ),
             );
+            let mut written = String::new();
+            e.write_public_json(read, &mut written);
             assert_eq!(
-                e.public_json(read),
+                written,
                 serde_json::to_string(&e.to_public_for(read)).unwrap()
             );
         }

@@ -65,18 +65,22 @@ pub(crate) const fn fixed_frame(text: &'static str) -> Bytes {
     Bytes::from_static(text.as_bytes())
 }
 
-/// The `text/event-stream` response for `frames`, with `heartbeat` (a
-/// comment frame) sent whenever nothing else was for `every`.
-pub(crate) fn response<S>(frames: S, heartbeat: Bytes, every: Duration) -> Response
+/// Heartbeat comments keep proxies from closing idle streams (DESIGN §3).
+const HEARTBEAT: Duration = Duration::from_secs(15);
+const HEARTBEAT_FRAME: Bytes = fixed_frame(": heartbeat\n\n");
+
+/// The `text/event-stream` response for `frames`, with a heartbeat comment
+/// whenever nothing else was sent for [`HEARTBEAT`].
+pub(crate) fn response<S>(frames: S) -> Response
 where
     S: Stream<Item = Bytes> + Send + 'static,
 {
     let body = KeepAlive {
         frames: Box::pin(frames),
-        timer: Box::pin(tokio::time::sleep(every)),
+        timer: Box::pin(tokio::time::sleep(HEARTBEAT)),
         last_sent: Instant::now(),
-        every,
-        heartbeat,
+        every: HEARTBEAT,
+        heartbeat: HEARTBEAT_FRAME,
     }
     .map(Ok::<_, Infallible>);
     (

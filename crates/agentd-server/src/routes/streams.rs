@@ -1,8 +1,6 @@
 //! Reading a run's events: a page, the `run_event` SSE stream (seed 001), and
 //! the `run_updated` snapshot stream (seed 000).
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -24,9 +22,6 @@ use crate::follow::follow;
 use crate::sse;
 use crate::views::{MAX_PAGE, RunView};
 
-/// Heartbeat comments keep proxies from closing idle streams (DESIGN §3).
-const HEARTBEAT: Duration = Duration::from_secs(15);
-const HEARTBEAT_FRAME: Bytes = sse::fixed_frame(": heartbeat\n\n");
 /// The first frame: clients are told to wait 1 s before reconnecting.
 const HELLO_FRAME: Bytes = sse::fixed_frame("retry: 1000\n: stream open\n\n");
 
@@ -100,11 +95,7 @@ fn sse<S>(frames: S) -> Response
 where
     S: Stream<Item = Bytes> + Send + 'static,
 {
-    sse::response(
-        stream::once(async { HELLO_FRAME }).chain(frames),
-        HEARTBEAT_FRAME,
-        HEARTBEAT,
-    )
+    sse::response(stream::once(async { HELLO_FRAME }).chain(frames))
 }
 
 /// A stream that cannot go on says why, with the reason code the same

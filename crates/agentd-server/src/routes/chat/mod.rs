@@ -288,17 +288,10 @@ pub async fn chat(
         let events = turn_events(app.clone(), &caller, turn)
             .map(|v| sse::data_frame(&serde_json::to_string(&v).unwrap_or_default()))
             .chain(stream::once(async { sse::data_frame("[DONE]") }));
-        return Ok(sse::response(
-            events,
-            sse::fixed_frame(": heartbeat\n\n"),
-            HEARTBEAT,
-        ));
+        return Ok(sse::response(events));
     }
     answer(app, caller, turn).await
 }
-
-/// Heartbeat comments keep proxies from closing idle streams (DESIGN §3).
-const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The non-streaming answer: waits for the run to finish (or pause).
 async fn answer(app: AppState, caller: Principal, turn: Turn) -> Result<Response, ApiError> {
