@@ -19,12 +19,16 @@ use rusqlite::{Connection, params};
 /// Entries kept at most; past this the cache starts again empty.
 const MAX_CACHED_RUNS: usize = 100_000;
 /// One event row; the writer's every event goes through this statement.
-pub(crate) const INSERT_EVENT: &str = "INSERT INTO run_events (run_id, seq, tenant_id, type, payload, created_at) \
-     VALUES (?, ?, ?, ?, ?, ?)";
+/// Its first parameter is the run's `run_key` (see [`CachedRun::run_key`]).
+pub(crate) const INSERT_EVENT: &str = "INSERT INTO run_events \
+     (run_key, run_id, seq, tenant_id, type, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)";
 
 /// The fields of a run that decide whether an append may go ahead.
 #[derive(Clone, Debug)]
 pub(crate) struct CachedRun {
+    /// The run's key in the events index (migration 0005), so a deferred
+    /// row needs no lookup.
+    pub run_key: i64,
     pub tenant: TenantId,
     pub status: RunStatus,
     pub epoch: i64,
@@ -78,9 +82,10 @@ impl Ctx {
             run.dirty = true;
             self.dirty.push(run_id.to_owned());
         }
-        let tenant = &run.tenant;
+        let (run_key, tenant) = (run.run_key, &run.tenant);
         self.events.extend(events.iter().map(|e| PendingRow {
             event: e.clone(),
+            run_key,
             tenant: tenant.clone(),
         }));
     }
@@ -103,6 +108,7 @@ impl Ctx {
         for row in &self.events {
             let e = &row.event;
             insert.execute(params![
+                row.run_key,
                 e.run_id,
                 e.seq,
                 row.tenant.as_str(),
@@ -122,8 +128,9 @@ impl Ctx {
 }
 
 /// An event row waiting for the flush: the event (its payload text
-/// included, shared, not copied) and its run's tenant.
+/// included, shared, not copied), its run's key and its run's tenant.
 struct PendingRow {
     event: Event,
+    run_key: i64,
     tenant: TenantId,
 }

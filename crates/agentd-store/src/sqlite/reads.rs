@@ -17,7 +17,7 @@ use std::time::Duration;
 use agentd_core::{Event, Message, Run, TenantId};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::rows::{EVENT_COLUMNS, EventRow, MessageRow, RUN_COLUMNS, RunRow};
+use super::rows::{EVENT_COLUMNS, EventRow, MessageRow, RUN_COLUMNS, RUN_KEY_OF, RunRow};
 use crate::StoreError;
 
 /// Idle connections kept; more are opened for a burst and closed after it.
@@ -78,7 +78,7 @@ impl InlineReads {
         let rows = self.with(|c| {
             c.prepare_cached(&format!(
                 "SELECT {EVENT_COLUMNS} FROM run_events \
-                 WHERE run_id = ? AND tenant_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+                 WHERE run_key = {RUN_KEY_OF} AND tenant_id = ? AND seq > ? ORDER BY seq LIMIT ?"
             ))?
             .query_map(
                 params![run_id, tenant.as_str(), after_seq, limit as i64],

@@ -9,7 +9,7 @@ use crate::StoreError;
 /// append path writes events and nothing else.
 pub(crate) const RUN_COLUMNS: &str = "id, tenant_id, session_id, agent, status, input, \
     user_message, metadata, source, agent_config, output, usage, reason_code, error, \
-    (SELECT COALESCE(MAX(e.seq), 0) FROM run_events e WHERE e.run_id = runs.id) AS last_seq, \
+    (SELECT COALESCE(MAX(e.seq), 0) FROM run_events e WHERE e.run_key = runs.run_key) AS last_seq, \
     lease_epoch, request_id, created_at, updated_at, started_at, finished_at";
 
 /// The stored columns of `runs`, for INSERT.
@@ -17,9 +17,13 @@ pub(crate) const RUN_INSERT_COLUMNS: &str = "id, tenant_id, session_id, agent, s
     user_message, metadata, source, agent_config, output, usage, reason_code, error, \
     lease_epoch, request_id, created_at, updated_at, started_at, finished_at";
 
-/// `last_seq` of the run whose id is the statement's parameter.
+/// `last_seq` of the run in the statement's `FROM runs` row.
 pub(crate) const LAST_SEQ_OF: &str =
-    "(SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = runs.id)";
+    "(SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_key = runs.run_key)";
+
+/// The events index's key for the run whose id is the statement's next
+/// parameter (migration 0005: events are indexed by `(run_key, seq)`).
+pub(crate) const RUN_KEY_OF: &str = "(SELECT run_key FROM runs WHERE id = ?)";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct RunRow {

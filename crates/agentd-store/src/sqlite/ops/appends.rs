@@ -115,20 +115,28 @@ fn append_deferred(
     let run_id = lease.run_id();
     if ctx.cached(run_id).is_none() {
         // Not cached means no deferred appends either: the row is current.
-        type Fields = (String, String, i64, Option<String>, i64);
+        type Fields = (i64, String, String, i64, Option<String>, i64);
         let row: Option<Fields> = c
             .prepare_cached(&format!(
-                "SELECT tenant_id, status, lease_epoch, lease_owner, {LAST_SEQ_OF} \
+                "SELECT run_key, tenant_id, status, lease_epoch, lease_owner, {LAST_SEQ_OF} \
                  FROM runs WHERE id = ?"
             ))?
             .query_row([run_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .optional()?;
-        let Some((tenant, status, epoch, owner, last_seq)) = row else {
+        let Some((run_key, tenant, status, epoch, owner, last_seq)) = row else {
             return Ok(Applied::value(Err(StoreError::LeaseLost)));
         };
         let cached = CachedRun {
+            run_key,
             tenant: TenantId::parse(&tenant)
                 .ok_or_else(|| corrupt(StoreError::Corrupt(format!("bad tenant {tenant:?}"))))?,
             status: RunStatus::parse(&status).ok_or_else(|| {

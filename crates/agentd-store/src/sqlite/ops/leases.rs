@@ -101,7 +101,7 @@ pub(crate) fn claim_runs(c: &Connection, ctx: &mut Ctx, req: &ClaimRequest) -> O
         } else {
             Vec::new()
         };
-        let (claim, stored) = hold(ctx, run, &req.owner, &events, now);
+        let (claim, stored) = hold(c, ctx, run, &req.owner, &events, now)?;
         published.extend(stored);
         claimed.push(ClaimedRun {
             recovered,
@@ -132,18 +132,21 @@ pub(super) fn worker_started(owner: &str, epoch: i64) -> NewEvent {
 /// follow. Returns a fresh claim (not recovered, no controls) and the
 /// events to announce.
 pub(super) fn hold(
+    c: &Connection,
     ctx: &mut Ctx,
     mut run: Run,
     owner: &Arc<str>,
     events: &[NewEvent],
     now: i64,
-) -> (ClaimedRun, Vec<Event>) {
+) -> rusqlite::Result<(ClaimedRun, Vec<Event>)> {
+    let run_key = run_key(c, &run.id)?;
     let stored = number_events(&run.id, run.last_seq, events, now);
     run.last_seq += stored.len() as i64;
     // Cached first, then deferred.
     ctx.remember(
         run.id.clone(),
         CachedRun {
+            run_key,
             tenant: run.tenant_id.clone(),
             status: RunStatus::Running,
             epoch: run.lease_epoch,
@@ -164,13 +167,15 @@ pub(super) fn hold(
         recovered: false,
         controls: Vec::new(),
     };
-    (claim, stored)
+    Ok((claim, stored))
 }
 
 /// Whether the run's newest event is `run.resumed`.
 fn last_is_resume(c: &Connection, run_id: &str) -> rusqlite::Result<bool> {
     let last: Option<String> = c
-        .prepare_cached("SELECT type FROM run_events WHERE run_id = ? ORDER BY seq DESC LIMIT 1")?
+        .prepare_cached(&format!(
+            "SELECT type FROM run_events WHERE run_key = {RUN_KEY_OF} ORDER BY seq DESC LIMIT 1"
+        ))?
         .query_row([run_id], |r| r.get(0))
         .optional()?;
     Ok(last.is_some_and(|t| t == EventType::Resumed.as_str()))
@@ -212,10 +217,10 @@ fn expire_waits(c: &Connection, ctx: &mut Ctx, now: i64) -> rusqlite::Result<Vec
 /// The `step.done {retry_step}` that closes an attempt its worker never finished.
 fn orphaned_step(c: &Connection, run_id: &str) -> rusqlite::Result<Option<NewEvent>> {
     let last: Option<(String, String)> = c
-        .prepare_cached(
-            "SELECT type, payload FROM run_events WHERE run_id = ? \
-             AND type IN ('step.started', 'step.done') ORDER BY seq DESC LIMIT 1",
-        )?
+        .prepare_cached(&format!(
+            "SELECT type, payload FROM run_events WHERE run_key = {RUN_KEY_OF} \
+             AND type IN ('step.started', 'step.done') ORDER BY seq DESC LIMIT 1"
+        ))?
         .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     Ok(last.and_then(|(kind, payload)| orphaned_step_done(&kind, &payload)))

@@ -26,7 +26,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
 use super::batch::{CachedRun, Ctx, INSERT_EVENT};
-use super::rows::{LAST_SEQ_OF, RUN_COLUMNS, RUN_INSERT_COLUMNS, RunRow};
+use super::rows::{LAST_SEQ_OF, RUN_COLUMNS, RUN_INSERT_COLUMNS, RUN_KEY_OF, RunRow};
 use super::writer::Applied;
 use crate::{
     ClaimOnCreate, ClaimRequest, ClaimedRun, Control, CreateRunOutcome, Heartbeat, Lease, NewRun,
@@ -83,6 +83,12 @@ fn session_of(s: &NewSession) -> Session {
     }
 }
 
+/// The run's key in the events index (migration 0005).
+fn run_key(c: &Connection, run_id: &str) -> rusqlite::Result<i64> {
+    c.prepare_cached(&format!("SELECT {RUN_KEY_OF}"))?
+        .query_row([run_id], |r| r.get(0))
+}
+
 /// Appends `events` after `last_seq` at once (not deferred); returns them
 /// durable-to-be.
 fn insert_events(
@@ -94,9 +100,11 @@ fn insert_events(
     now: i64,
 ) -> rusqlite::Result<Vec<Event>> {
     let stored = number_events(run_id, last_seq, events, now);
+    let run_key = run_key(c, run_id)?;
     let mut insert = c.prepare_cached(INSERT_EVENT)?;
     for e in &stored {
         insert.execute(params![
+            run_key,
             e.run_id,
             e.seq,
             tenant.as_str(),

@@ -68,8 +68,9 @@ pub(crate) fn create_run(
         NewEvent::new(EventType::RunQueued, json!({"status": "queued"})),
     ];
     c.prepare_cached(&format!(
-        "INSERT INTO runs ({RUN_INSERT_COLUMNS}) VALUES \
-         (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO runs ({RUN_INSERT_COLUMNS}, run_key) VALUES \
+         (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
+          (SELECT COALESCE(MAX(run_key), 0) + 1 FROM runs))"
     ))?
     .execute(params![
         run.id,
@@ -157,7 +158,7 @@ fn claim_created(
         run.id
     ])?;
     let started = super::leases::worker_started(&claim.owner, run.lease_epoch);
-    let (claimed, stored) = super::leases::hold(ctx, run, &claim.owner, &[started], now);
+    let (claimed, stored) = super::leases::hold(c, ctx, run, &claim.owner, &[started], now)?;
     events.extend(stored);
     Ok(claimed)
 }

@@ -40,7 +40,7 @@ pub(crate) fn signal_run(
     let rows: Vec<EventRow> = c
         .prepare_cached(&format!(
             "SELECT {EVENT_COLUMNS} FROM run_events \
-             WHERE run_id = ? AND type IN ('run.awaiting_input', 'run.signal_received') \
+             WHERE run_key = {RUN_KEY_OF} AND type IN ('run.awaiting_input', 'run.signal_received') \
              ORDER BY seq"
         ))?
         .query_map([&s.run_id], EventRow::from_columns)?
