@@ -8,6 +8,7 @@
 //! sqlx pool; WAL lets both run beside the writer.
 
 mod batch;
+mod checkpoint;
 pub(crate) mod keys;
 mod ops;
 mod reads;
@@ -108,10 +109,11 @@ impl SqliteStore {
             .await?;
         let hub = EventHub::new();
         let metrics = StoreMetrics::default();
+        let checkpoint = checkpoint::spawn(&path)?;
         Ok(SqliteStore {
             reads,
             inline: reads::InlineReads::new(path),
-            writer: Writer::spawn(write, hub.clone(), metrics.clone()),
+            writer: Writer::spawn(write, hub.clone(), metrics.clone(), checkpoint),
             metrics,
             hub,
             _lock: lock,
@@ -156,10 +158,9 @@ fn writer_connection(path: &Path, fsync: bool) -> rusqlite::Result<rusqlite::Con
     conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" })?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.pragma_update(None, "cache_size", CACHE_SIZE)?;
-    // Checkpoint every ~16 MB of WAL rather than SQLite's ~4 MB: the hot
-    // pages (the tails of the event log and its index) are rewritten by
-    // every batch, and a longer interval copies each of them back once.
-    conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+    // Checkpoints are `checkpoint.rs`'s, off the commit path; this one
+    // (~64 MB of WAL) is only the backstop should that task fall behind.
+    conn.pragma_update(None, "wal_autocheckpoint", 16_000)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }

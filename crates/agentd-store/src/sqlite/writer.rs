@@ -16,6 +16,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::Ctx;
+use super::checkpoint::CheckpointDue;
 use crate::StoreError;
 use crate::hub::EventHub;
 use crate::metrics::StoreMetrics;
@@ -107,9 +108,14 @@ impl Writer {
     /// Starts the writer's task on `conn` (call inside the runtime). It runs
     /// until every `Writer` clone is dropped, then closes the connection
     /// (checkpointing the WAL).
-    pub fn spawn(conn: Connection, hub: EventHub, metrics: StoreMetrics) -> Writer {
+    pub fn spawn(
+        conn: Connection,
+        hub: EventHub,
+        metrics: StoreMetrics,
+        checkpoint: CheckpointDue,
+    ) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(conn, rx, hub, metrics));
+        tokio::spawn(run(conn, rx, hub, metrics, checkpoint));
         Writer { tx }
     }
 
@@ -163,6 +169,7 @@ async fn run(
     mut rx: mpsc::Receiver<Box<dyn Job>>,
     hub: EventHub,
     metrics: StoreMetrics,
+    checkpoint: CheckpointDue,
 ) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut ctx = Ctx::default();
@@ -181,6 +188,7 @@ async fn run(
                 let jobs = batch.len();
                 let events: usize = batch.drain(..).map(|job| job.finish(&hub, Ok(()))).sum();
                 metrics.committed(jobs, events);
+                checkpoint.committed();
             }
             Err(e) => {
                 // One bad job must not fail its neighbours: redo each alone.
@@ -194,6 +202,7 @@ async fn run(
                         metrics.committed(1, events);
                     }
                 }
+                checkpoint.committed();
             }
         }
     }

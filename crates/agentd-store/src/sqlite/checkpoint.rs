@@ -1,0 +1,61 @@
+//! WAL checkpoints off the writer's path.
+//!
+//! A checkpoint copies the pages the WAL holds back into the database file
+//! and syncs it: milliseconds. Left to SQLite's autocheckpoint it runs inside
+//! the writer's commit, and every append queued behind that commit (every
+//! streaming run's next delta) waits for it. Here a task of its own, on its
+//! own connection, checkpoints `PASSIVE` (it never blocks the writer or a
+//! reader) at most every [`INTERVAL`] while commits arrive, and sleeps on its
+//! channel while none do, so an idle daemon never wakes for it. The writer
+//! keeps an autocheckpoint far above what this leaves in the WAL, as a
+//! backstop should this task fall behind.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::mpsc;
+
+/// At most one checkpoint per this interval: each copies the pages dirtied
+/// since the last, and the hot ones (the tails of the event log and its
+/// index) are rewritten by every commit, so a longer interval copies each
+/// of them once for more commits.
+const INTERVAL: Duration = Duration::from_millis(500);
+
+/// The writer's handle: says a transaction committed. Cheap; never waits.
+pub(crate) struct CheckpointDue(mpsc::Sender<()>);
+
+impl CheckpointDue {
+    pub fn committed(&self) {
+        // Full means a checkpoint is already due; closed means the task
+        // stopped (its connection failed), and the backstop takes over.
+        let _ = self.0.try_send(());
+    }
+}
+
+/// Starts the checkpoint task on a connection of its own (call inside the
+/// runtime). It ends when the returned handle (the writer's) is dropped.
+pub(crate) fn spawn(path: &Path) -> rusqlite::Result<CheckpointDue> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(1))?;
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(run(conn, rx));
+    Ok(CheckpointDue(tx))
+}
+
+async fn run(mut conn: Connection, mut due: mpsc::Receiver<()>) {
+    while due.recv().await.is_some() {
+        let done = tokio::task::spawn_blocking(move || {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+            conn
+        })
+        .await;
+        match done {
+            Ok(c) => conn = c,
+            Err(_) => return,
+        }
+        tokio::time::sleep(INTERVAL).await;
+    }
+}
