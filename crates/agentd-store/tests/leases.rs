@@ -7,13 +7,11 @@ use agentd_core::event::payload::content_delta;
 use agentd_core::time::now_millis;
 use agentd_core::{EventType, Run, RunStatus, RunTransition, TenantId, new_id};
 use agentd_store::sqlite::{SqliteConfig, SqliteStore};
-use agentd_store::{
-    ClaimRequest, CreateRunOutcome, NewRun, NewSession, RunUpdate, SessionTarget, Store, StoreError,
-};
+use agentd_store::{CreateRunOutcome, NewRun, NewSession, RunUpdate, SessionTarget, StoreError};
 use serde_json::json;
 
 mod common;
-use common::{on_postgres, open};
+use common::{claim, create, on_postgres, open};
 
 fn queued_run(tenant: &TenantId, session: &str) -> Run {
     Run::queued(
@@ -34,33 +32,6 @@ fn new_session(run: &Run) -> SessionTarget {
         metadata: json!({}),
         created_at: run.created_at,
     })
-}
-
-async fn create(store: &dyn Store, tenant: &TenantId) -> Run {
-    let run = queued_run(tenant, &new_id("ses"));
-    let session = new_session(&run);
-    match store
-        .create_run(NewRun {
-            run,
-            session,
-            idempotency: None,
-            audit: None,
-            claim: None,
-        })
-        .await
-        .unwrap()
-    {
-        CreateRunOutcome::Created { run, .. } => *run,
-        other => panic!("{other:?}"),
-    }
-}
-
-fn claim(owner: &str, lease_ms: i64) -> ClaimRequest {
-    ClaimRequest {
-        owner: Arc::from(owner),
-        max: 10,
-        lease_ms,
-    }
 }
 
 #[tokio::test]

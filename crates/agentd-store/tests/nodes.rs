@@ -17,35 +17,7 @@ use agentd_store::{
 use serde_json::json;
 
 mod common;
-use common::{SchemaGuard, fresh_schema, open_pg};
-
-async fn create(store: &dyn Store, tenant: &TenantId) -> Run {
-    let run = Run::queued(
-        tenant.clone(),
-        new_id("ses"),
-        "a".into(),
-        "hi".into(),
-        now_millis(),
-    );
-    let session = SessionTarget::New(NewSession {
-        tenant_id: tenant.clone(),
-        id: run.session_id.clone(),
-        agent: "a".into(),
-        metadata: json!({}),
-        created_at: run.created_at,
-    });
-    let new = NewRun {
-        run,
-        session,
-        idempotency: None,
-        audit: None,
-        claim: None,
-    };
-    match store.create_run(new).await.unwrap() {
-        CreateRunOutcome::Created { run, .. } => *run,
-        other => panic!("{other:?}"),
-    }
-}
+use common::{SchemaGuard, create, fresh_schema, open_pg};
 
 /// Claims in small batches until nothing is left; returns what it got.
 async fn drain(store: Arc<dyn Store>, owner: &'static str) -> Vec<String> {

@@ -3,14 +3,14 @@
 //! where their logs end.
 
 use std::path::Path;
-use std::sync::Arc;
 
+use agentd_core::TenantId;
 use agentd_core::event::payload::content_delta;
-use agentd_core::time::now_millis;
-use agentd_core::{Run, TenantId, new_id};
+use agentd_store::Store;
 use agentd_store::sqlite::{SqliteConfig, SqliteStore};
-use agentd_store::{ClaimRequest, CreateRunOutcome, NewRun, NewSession, SessionTarget, Store};
-use serde_json::json;
+
+mod common;
+use common::{claim, create};
 
 async fn open_at(dir: &Path) -> SqliteStore {
     SqliteStore::open(&SqliteConfig {
@@ -19,45 +19,6 @@ async fn open_at(dir: &Path) -> SqliteStore {
     })
     .await
     .expect("store opens")
-}
-
-async fn create(store: &dyn Store, tenant: &TenantId) -> Run {
-    let run = Run::queued(
-        tenant.clone(),
-        new_id("ses"),
-        "a".into(),
-        "hi".into(),
-        now_millis(),
-    );
-    let session = SessionTarget::New(NewSession {
-        tenant_id: run.tenant_id.clone(),
-        id: run.session_id.clone(),
-        agent: "a".into(),
-        metadata: json!({}),
-        created_at: run.created_at,
-    });
-    match store
-        .create_run(NewRun {
-            run,
-            session,
-            idempotency: None,
-            audit: None,
-            claim: None,
-        })
-        .await
-        .unwrap()
-    {
-        CreateRunOutcome::Created { run, .. } => *run,
-        other => panic!("{other:?}"),
-    }
-}
-
-fn claim(owner: &str) -> ClaimRequest {
-    ClaimRequest {
-        owner: Arc::from(owner),
-        max: 10,
-        lease_ms: 60_000,
-    }
 }
 
 /// Puts the database back into its shape before 0005: `run_events` keyed
@@ -91,7 +52,7 @@ async fn events_written_before_the_run_key_index_survive_the_upgrade() {
     let store = open_at(dir.path()).await;
     let first = create(&store, &tenant).await;
     let second = create(&store, &tenant).await;
-    let claimed = store.claim_runs(claim("w")).await.unwrap();
+    let claimed = store.claim_runs(claim("w", 60_000)).await.unwrap();
     assert_eq!(claimed.len(), 2);
     for i in 0..3 {
         for c in &claimed {
@@ -131,7 +92,7 @@ async fn events_written_before_the_run_key_index_survive_the_upgrade() {
     // The runs go on from where their logs end (the old leases died with
     // the process), and a new run gets a key of its own.
     let third = create(&store, &tenant).await;
-    let claimed = store.claim_runs(claim("w2")).await.unwrap();
+    let claimed = store.claim_runs(claim("w2", 60_000)).await.unwrap();
     assert_eq!(claimed.len(), 3);
     for c in &claimed {
         store

@@ -44,18 +44,35 @@ pub(crate) fn spawn(path: &Path) -> rusqlite::Result<CheckpointDue> {
 }
 
 async fn run(mut conn: Connection, mut due: mpsc::Receiver<()>) {
-    while due.recv().await.is_some() {
+    let mut unfinished = false;
+    loop {
+        // A checkpoint that could not copy everything (a reader's snapshot
+        // pinned part of the WAL, or the lock was busy) is tried again
+        // without waiting for another commit.
+        if !unfinished && due.recv().await.is_none() {
+            return;
+        }
         let done = tokio::task::spawn_blocking(move || {
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            let finished = checkpoint(&conn).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "WAL checkpoint failed");
-            }
-            conn
+                false
+            });
+            (conn, finished)
         })
         .await;
         match done {
-            Ok(c) => conn = c,
+            Ok((c, finished)) => (conn, unfinished) = (c, !finished),
             Err(_) => return,
         }
         tokio::time::sleep(INTERVAL).await;
     }
+}
+
+/// One `PASSIVE` checkpoint; whether it copied every frame of the WAL.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<bool> {
+    let (busy, log, copied): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    Ok(busy == 0 && copied >= log)
 }

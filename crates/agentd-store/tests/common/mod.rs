@@ -5,11 +5,15 @@
 #![allow(dead_code)]
 
 use std::ops::Deref;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use agentd_store::Store;
+use agentd_core::time::now_millis;
+use agentd_core::{Run, TenantId, new_id};
 use agentd_store::postgres::{PgConfig, PgStore};
 use agentd_store::sqlite::{SqliteConfig, SqliteStore};
+use agentd_store::{ClaimRequest, CreateRunOutcome, NewRun, NewSession, SessionTarget, Store};
+use serde_json::json;
 
 pub fn on_postgres() -> bool {
     std::env::var("AGENTD_TEST_STORE").is_ok_and(|v| v == "postgres")
@@ -91,5 +95,44 @@ pub async fn open() -> TestStore {
         store: Box::new(store),
         _dir: dir,
         _schema: None,
+    }
+}
+
+/// A queued run of agent `a` on a new session of `tenant`, created through
+/// the store.
+pub async fn create(store: &dyn Store, tenant: &TenantId) -> Run {
+    let run = Run::queued(
+        tenant.clone(),
+        new_id("ses"),
+        "a".into(),
+        "hi".into(),
+        now_millis(),
+    );
+    let session = SessionTarget::New(NewSession {
+        tenant_id: tenant.clone(),
+        id: run.session_id.clone(),
+        agent: "a".into(),
+        metadata: json!({}),
+        created_at: run.created_at,
+    });
+    let new = NewRun {
+        run,
+        session,
+        idempotency: None,
+        audit: None,
+        claim: None,
+    };
+    match store.create_run(new).await.unwrap() {
+        CreateRunOutcome::Created { run, .. } => *run,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A claim of up to ten runs by `owner`, for `lease_ms`.
+pub fn claim(owner: &str, lease_ms: i64) -> ClaimRequest {
+    ClaimRequest {
+        owner: Arc::from(owner),
+        max: 10,
+        lease_ms,
     }
 }
