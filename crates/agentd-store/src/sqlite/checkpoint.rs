@@ -36,6 +36,9 @@ impl CheckpointDue {
 /// Starts the checkpoint task on a connection of its own (call inside the
 /// runtime). It ends when the returned handle (the writer's) is dropped.
 pub(crate) fn spawn(path: &Path) -> rusqlite::Result<CheckpointDue> {
+    // SQLite's default `synchronous` (FULL) is kept on purpose: a
+    // checkpoint syncs the WAL before copying it back and the database file
+    // after, so the WAL is never reused before its pages are on disk.
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(1))?;
     let (tx, rx) = mpsc::channel(1);
