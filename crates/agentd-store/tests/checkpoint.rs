@@ -6,20 +6,14 @@ use std::time::{Duration, Instant};
 use agentd_core::TenantId;
 use agentd_core::event::payload::content_delta;
 use agentd_store::Store;
-use agentd_store::sqlite::{SqliteConfig, SqliteStore};
 
 mod common;
-use common::{claim, create};
+use common::{claim, create, open_sqlite};
 
 #[tokio::test]
 async fn the_wal_is_checkpointed_while_the_store_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&SqliteConfig {
-        data_dir: dir.path().to_path_buf(),
-        fsync: false,
-    })
-    .await
-    .unwrap();
+    let store = open_sqlite(dir.path()).await;
     let db = dir.path().join("agentd.db");
     let size = || std::fs::metadata(&db).unwrap().len();
     let migrated = size();

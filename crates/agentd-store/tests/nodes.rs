@@ -11,13 +11,12 @@ use agentd_core::event::payload::content_delta;
 use agentd_core::time::now_millis;
 use agentd_core::{Run, Scopes, TenantId, new_id};
 use agentd_store::{
-    ApiKey, ClaimRequest, CreateRunOutcome, HubMessage, KeyChange, NewRun, NewSession,
-    SessionTarget, Store,
+    ApiKey, ClaimRequest, CreateRunOutcome, HubMessage, KeyChange, NewRun, SessionTarget, Store,
 };
 use serde_json::json;
 
 mod common;
-use common::{SchemaGuard, create, fresh_schema, open_pg};
+use common::{SchemaGuard, create, fresh_run, fresh_schema, open_pg};
 
 /// Claims in small batches until nothing is left; returns what it got.
 async fn drain(store: Arc<dyn Store>, owner: &'static str) -> Vec<String> {
@@ -140,25 +139,6 @@ fn idempotent(key: &str, session: SessionTarget, run: Run) -> NewRun {
     }
 }
 
-/// A queued run on a new session.
-fn fresh(tenant: &TenantId) -> (Run, SessionTarget) {
-    let run = Run::queued(
-        tenant.clone(),
-        new_id("ses"),
-        "a".into(),
-        "hi".into(),
-        now_millis(),
-    );
-    let session = SessionTarget::New(NewSession {
-        tenant_id: tenant.clone(),
-        id: run.session_id.clone(),
-        agent: "a".into(),
-        metadata: json!({}),
-        created_at: run.created_at,
-    });
-    (run, session)
-}
-
 #[tokio::test]
 async fn the_same_idempotent_create_on_two_nodes_at_once_makes_one_run() {
     let schema = SchemaGuard(fresh_schema());
@@ -167,8 +147,8 @@ async fn the_same_idempotent_create_on_two_nodes_at_once_makes_one_run() {
     let tenant = TenantId::default_tenant();
     for round in 0..20 {
         let key = format!("key-{round}");
-        let (run_a, ses_a) = fresh(&tenant);
-        let (run_b, ses_b) = fresh(&tenant);
+        let (run_a, ses_a) = fresh_run(&tenant);
+        let (run_b, ses_b) = fresh_run(&tenant);
         let (x, y) = tokio::join!(
             a.create_run(idempotent(&key, ses_a, run_a)),
             b.create_run(idempotent(&key, ses_b, run_b)),
@@ -201,14 +181,14 @@ async fn a_refused_idempotent_create_leaves_its_key_unused() {
     let schema = SchemaGuard(fresh_schema());
     let a = open_pg(&schema.0).await;
     let tenant = TenantId::default_tenant();
-    let (run, _) = fresh(&tenant);
+    let (run, _) = fresh_run(&tenant);
     let missing = SessionTarget::Existing("ses_missing".into());
     let refused = a
         .create_run(idempotent("k", missing, run))
         .await
         .unwrap_err();
     assert!(matches!(refused, agentd_store::StoreError::SessionNotFound));
-    let (run, session) = fresh(&tenant);
+    let (run, session) = fresh_run(&tenant);
     let id = run.id.clone();
     match a.create_run(idempotent("k", session, run)).await.unwrap() {
         CreateRunOutcome::Created { run, .. } => assert_eq!(run.id, id),

@@ -7,19 +7,9 @@ use std::path::Path;
 use agentd_core::TenantId;
 use agentd_core::event::payload::content_delta;
 use agentd_store::Store;
-use agentd_store::sqlite::{SqliteConfig, SqliteStore};
 
 mod common;
-use common::{claim, create};
-
-async fn open_at(dir: &Path) -> SqliteStore {
-    SqliteStore::open(&SqliteConfig {
-        data_dir: dir.to_path_buf(),
-        fsync: false,
-    })
-    .await
-    .expect("store opens")
-}
+use common::{claim, create, open_sqlite};
 
 /// Puts the database back into its shape before 0005: `run_events` keyed
 /// by `(run_id, seq)` as 0001 made it, no `run_key` on runs, 0005 not applied.
@@ -49,7 +39,7 @@ async fn events_written_before_the_run_key_index_survive_the_upgrade() {
     let tenant = TenantId::default_tenant();
 
     // Two runs with interleaved deltas, one of them left running.
-    let store = open_at(dir.path()).await;
+    let store = open_sqlite(dir.path()).await;
     let first = create(&store, &tenant).await;
     let second = create(&store, &tenant).await;
     let claimed = store.claim_runs(claim("w", 60_000)).await.unwrap();
@@ -75,7 +65,7 @@ async fn events_written_before_the_run_key_index_survive_the_upgrade() {
     undo_0005(&dir.path().join("agentd.db"));
 
     // Reopened, 0005 runs again over the old-shaped data.
-    let store = open_at(dir.path()).await;
+    let store = open_sqlite(dir.path()).await;
     for (run, before) in [(&first, &before_first), (&second, &before_second)] {
         let after = store.events_after(&tenant, &run.id, 0, 100).await.unwrap();
         let seen = |events: &[agentd_core::Event]| -> Vec<(i64, String)> {

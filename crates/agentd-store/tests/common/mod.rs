@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::ops::Deref;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -74,6 +75,16 @@ impl Deref for TestStore {
     }
 }
 
+/// The SQLite store on `dir` (its data dir), without fsync.
+pub async fn open_sqlite(dir: &Path) -> SqliteStore {
+    SqliteStore::open(&SqliteConfig {
+        data_dir: dir.to_path_buf(),
+        fsync: false,
+    })
+    .await
+    .expect("store opens")
+}
+
 pub async fn open() -> TestStore {
     let dir = tempfile::tempdir().unwrap();
     if on_postgres() {
@@ -85,12 +96,7 @@ pub async fn open() -> TestStore {
             _schema: Some(SchemaGuard(schema)),
         };
     }
-    let store = SqliteStore::open(&SqliteConfig {
-        data_dir: dir.path().to_path_buf(),
-        fsync: false,
-    })
-    .await
-    .expect("store opens");
+    let store = open_sqlite(dir.path()).await;
     TestStore {
         store: Box::new(store),
         _dir: dir,
@@ -98,9 +104,8 @@ pub async fn open() -> TestStore {
     }
 }
 
-/// A queued run of agent `a` on a new session of `tenant`, created through
-/// the store.
-pub async fn create(store: &dyn Store, tenant: &TenantId) -> Run {
+/// A queued run of agent `a` on a new session of `tenant`, and that session.
+pub fn fresh_run(tenant: &TenantId) -> (Run, SessionTarget) {
     let run = Run::queued(
         tenant.clone(),
         new_id("ses"),
@@ -115,6 +120,12 @@ pub async fn create(store: &dyn Store, tenant: &TenantId) -> Run {
         metadata: json!({}),
         created_at: run.created_at,
     });
+    (run, session)
+}
+
+/// A [`fresh_run`], created through the store.
+pub async fn create(store: &dyn Store, tenant: &TenantId) -> Run {
+    let (run, session) = fresh_run(tenant);
     let new = NewRun {
         run,
         session,
