@@ -5,8 +5,9 @@
 //! the writer's commit, and every append queued behind that commit (every
 //! streaming run's next delta) waits for it. Here a task of its own, on its
 //! own connection, checkpoints `PASSIVE` (it never blocks the writer or a
-//! reader) at most every [`INTERVAL`] while commits arrive, and sleeps on its
-//! channel while none do, so an idle daemon never wakes for it. The writer
+//! reader) at most every [`INTERVAL`] while commits arrive, and again until
+//! one has copied the whole WAL; after that it sleeps on its channel, so an
+//! idle daemon does not wake for it. The writer
 //! keeps an autocheckpoint far above what this leaves in the WAL, as a
 //! backstop should this task fall behind.
 
