@@ -210,6 +210,12 @@ impl Event {
         self.to_public_for(true)
     }
 
+    /// About the length of [`Event::write_public_json`]'s text: the stored
+    /// payload plus the envelope around it (seq, type, timestamp, flags).
+    pub fn public_json_len_hint(&self) -> usize {
+        self.json.len() + 112
+    }
+
     /// Appends `to_public_for` as JSON text to `out`. When nothing is withheld the payload
     /// is the stored text, copied, not serialized again: the hot path (every
     /// event, to every reader).
@@ -218,7 +224,7 @@ impl Event {
             out.push_str(&serde_json::to_string(&self.to_public_for(false)).unwrap_or_default());
             return;
         }
-        out.reserve(self.json.len() + 112);
+        out.reserve(self.public_json_len_hint());
         // Field order and spelling as `PublicEvent` serializes them.
         let _ = write!(
             out,

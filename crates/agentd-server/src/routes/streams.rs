@@ -132,7 +132,7 @@ pub async fn events_stream(
                 Ok(e) => sse::frame(
                     Some("run_event"),
                     Some(e.seq),
-                    e.json().len() + 112,
+                    e.public_json_len_hint(),
                     |buf| e.write_public_json(read_inputs, buf),
                 ),
                 Err(e) => error_event(e),
