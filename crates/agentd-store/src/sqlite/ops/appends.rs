@@ -21,16 +21,7 @@ pub(crate) fn append(
             "SELECT status, lease_epoch, lease_owner, {LAST_SEQ_OF}, usage, session_id \
              FROM runs WHERE id = ?"
         ))?
-        .query_row([lease.run_id()], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })
+        .query_row([lease.run_id()], |r| Current::try_from(r))
         .optional()?;
     let Some((status, epoch, owner, last_seq, usage, session_id)) = current else {
         return Ok(Applied::value(Err(StoreError::LeaseLost)));
@@ -121,16 +112,7 @@ fn append_deferred(
                 "SELECT run_key, tenant_id, status, lease_epoch, lease_owner, {LAST_SEQ_OF} \
                  FROM runs WHERE id = ?"
             ))?
-            .query_row([run_id], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })
+            .query_row([run_id], |r| Fields::try_from(r))
             .optional()?;
         let Some((run_key, tenant, status, epoch, owner, last_seq)) = row else {
             return Ok(Applied::value(Err(StoreError::LeaseLost)));
